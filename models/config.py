@@ -1,0 +1,122 @@
+"""The model configuration: every knob of the two-branch CNN, validated."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+BLOCK_ORDERS = ("conv_bn_relu", "conv_relu_bn", "conv_relu")
+POOLINGS = ("max", "avg")
+HEADS = ("flatten", "gap")
+AGE_ACTIVATIONS = ("linear", "relu")
+FILTER_ORDERS = ("increasing", "decreasing", "constant")
+KERNEL_SIZES = (3, 5, 7)
+
+
+def _invalid(name: str, rule: str, value: object) -> ValueError:
+    return ValueError(f"Invalid value for `{name}`: {rule}. Received: {name}={value!r}")
+
+
+def filter_schedule(base: int, order: str, depth: int, *, cap: int = 256) -> tuple[int, ...]:
+    """Filters of `depth` stacked conv blocks, from the input down.
+
+    Args:
+        base: filters of the first block.
+        order: "increasing" (x2 per block, at most `cap`), "decreasing" (/2 per block,
+            at least 8) or "constant".
+        depth: number of blocks.
+    """
+    if order not in FILTER_ORDERS:
+        raise _invalid("filter_order", f"must be one of {FILTER_ORDERS}", order)
+    if order == "increasing":
+        return tuple(min(cap, base * 2**i) for i in range(depth))
+    if order == "decreasing":
+        return tuple(max(8, base // 2**i) for i in range(depth))
+    return (base,) * depth
+
+
+def max_depth(image_size: int) -> int:
+    """The most 2x2 poolings an image of `image_size` pixels survives (>= 1 px left)."""
+    return int(math.floor(math.log2(image_size)))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A two-branch CNN: `shared_blocks` conv blocks, then an age and a gender branch.
+
+    Block k (counted from the input, shared blocks first) has `filters[k]` filters, so
+    both branches continue the same filter schedule after the split.
+    """
+
+    image_size: int = 128  # side of the square RGB input, pixels
+    shared_blocks: int = 0  # conv blocks shared before the split; 0 = independent branches
+    age_blocks: int = 4  # conv blocks in the age branch after the split
+    gender_blocks: int = 4  # conv blocks in the gender branch after the split
+    filters: tuple[int, ...] = (32, 64, 128, 256)  # filters per block depth, len = shared + max(branch)
+    kernel_size: int = 3  # conv kernel side
+    block_order: str = "conv_bn_relu"  # conv_bn_relu | conv_relu_bn | conv_relu (no BatchNorm)
+    pooling: str = "max"  # 2x2 pooling after each block: max | avg
+    block_dropout: float = 0.0  # dropout after each block's pooling
+    head: str = "flatten"  # how a branch's feature map becomes a vector: flatten | gap
+    dense_dropout: float = 0.5  # dropout before each branch's dense layer
+    age_dense: int = 128  # width of the age branch's dense layer
+    gender_dense: int = 128  # width of the gender branch's dense layer
+    l2: float = 0.0  # L2 weight decay on conv and dense kernels
+    age_activation: str = "linear"  # activation of the age output: linear | relu
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
+        if not isinstance(self.image_size, int) or self.image_size < 8:
+            raise _invalid("image_size", "must be an integer >= 8", self.image_size)
+        if self.shared_blocks < 0:
+            raise _invalid("shared_blocks", "must be >= 0", self.shared_blocks)
+        for name in ("age_blocks", "gender_blocks"):
+            value = getattr(self, name)
+            if value < 0 or (self.shared_blocks == 0 and value < 1):
+                raise _invalid(name, "must be >= 1 when shared_blocks=0, else >= 0", value)
+        depth = self.depth
+        limit = max_depth(self.image_size)
+        if depth > limit:
+            raise _invalid(
+                "shared_blocks + max(age_blocks, gender_blocks)",
+                f"each block halves the image, so at most {limit} blocks fit "
+                f"image_size={self.image_size}",
+                depth,
+            )
+        if len(self.filters) != depth:
+            raise _invalid("filters", f"must have one entry per block depth ({depth})", self.filters)
+        if any(f < 1 for f in self.filters):
+            raise _invalid("filters", "must all be >= 1", self.filters)
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise _invalid("kernel_size", "must be an odd integer >= 1", self.kernel_size)
+        for name, allowed in (
+            ("block_order", BLOCK_ORDERS),
+            ("pooling", POOLINGS),
+            ("head", HEADS),
+            ("age_activation", AGE_ACTIVATIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise _invalid(name, f"must be one of {allowed}", getattr(self, name))
+        for name in ("block_dropout", "dense_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise _invalid(name, "must be in [0, 1)", value)
+        for name in ("age_dense", "gender_dense"):
+            if getattr(self, name) < 1:
+                raise _invalid(name, "must be >= 1", getattr(self, name))
+        if self.l2 < 0:
+            raise _invalid("l2", "must be >= 0", self.l2)
+
+    @property
+    def depth(self) -> int:
+        """Blocks from the input to the end of the deeper branch."""
+        return self.shared_blocks + max(self.age_blocks, self.gender_blocks)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["filters"] = list(self.filters)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{**d, "filters": tuple(d["filters"])})

@@ -1,0 +1,331 @@
+"""The `agesearch` command: run a search, summarise a study, list the spaces.
+
+Bad input prints one line `agesearch: error: ...` and exits 2, before any study is made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (no usage dump) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def image_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"must be at least 16 pixels, got {text!r}")
+    return value
+
+
+def split_fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0 or parts[1] <= 0:
+        raise argparse.ArgumentTypeError(f"must be three fractions TRAIN,VAL,TEST summing to 1 (train and val > 0), got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog="agesearch",
+        description="Optuna search over two-branch Keras CNNs for age regression and gender "
+        "classification on UTKFace-named face images.",
+        epilog="Examples:\n  agesearch run --space arch --n-trials 20\n  agesearch report --study arch\n"
+        "  optuna-dashboard sqlite:///studies/arch.db",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    r = sub.add_parser(
+        "run",
+        help="run (or resume) a search; trials land in studies/<study>.db",
+        description="Run or resume an Optuna study. --n-trials is the study's total: running the "
+        "same command again after an interruption finishes the remaining trials.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--space", required=True, help="search space: arch, train or full (`agesearch spaces` lists them)")
+    r.add_argument("--data", default="synthetic", help="folder of AGE_GENDER_RACE_DATETIME.jpg.chip.jpg images, or 'synthetic' for the built-in generated set")
+    r.add_argument("--study", help="study name (default: the space name)")
+    r.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    r.add_argument("--n-trials", type=positive_int, default=20, help="total finished trials the study should hold")
+    r.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
+    r.add_argument("--epochs", type=positive_int, default=10, help="most epochs per trial (early stopping may end sooner)")
+    r.add_argument("--image-size", type=image_size, default=128, help="images are resized to this many pixels square")
+    r.add_argument("--sampler", choices=["tpe", "random", "cmaes", "nsga2"], help="Optuna sampler (default: tpe; nsga2 for --objective multi)")
+    r.add_argument("--pruner", choices=["median", "hyperband", "none"], help="Optuna pruner (default: median; none for --objective multi)")
+    r.add_argument("--objective", choices=["combined", "multi"], default="combined", help="combined: minimise val_age_mae/mae_trivial + val_gender_error/error_trivial; multi: age MAE down and gender accuracy up, a Pareto front")
+    r.add_argument("--seed", type=int, default=0, help="seed of the split, the data subset and the sampler")
+    r.add_argument("--split", type=split_fractions, default=(0.7, 0.15, 0.15), metavar="TRAIN,VAL,TEST", help="split fractions")
+    r.add_argument("--limit", type=positive_int, help="use only this many images (a seeded random subset)")
+    r.add_argument("--synthetic-count", type=positive_int, default=1200, help="images in the built-in synthetic set")
+    r.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)")
+
+    rep = sub.add_parser("report", help="summarise a study in the terminal", description="Trials by state, the best trial and a top-10 table.")
+    rep.add_argument("--study", default="arch", help="study name")
+    rep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+
+    sp = sub.add_parser("spaces", help="list the search spaces with their parameters and ranges")
+    sp.add_argument("--image-size", type=image_size, default=128, help="ranges that depend on the image size are shown for this size")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras loads TensorFlow
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress lines replace Optuna's
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "report":
+            return cmd_report(args)
+        return cmd_spaces(args)
+    except UsageError as e:
+        print(f"agesearch: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("agesearch: interrupted; running trials were marked FAIL. Run the same command to resume.", file=sys.stderr)
+        return 130
+
+
+def _sampler(name: str, seed: int, multi: bool):
+    import optuna
+
+    if name == "cmaes" and multi:
+        raise UsageError("--sampler cmaes is single-objective; use nsga2, tpe or random with --objective multi")
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        # CMA-ES handles the float and int parameters; categorical ones fall back to random.
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def _pruner(name: str, epochs: int):
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def load_data(args):
+    """Load and split the data; prints one progress line; raises UsageError for bad input."""
+    from agesearch.search.data import DataError, load_faces, split_indices
+    from agesearch.search.synthetic import synthetic_folder
+    from agesearch.search.training import TrainingData  # imports Keras
+
+    try:
+        if args.data == "synthetic":
+            folder = synthetic_folder(args.synthetic_count, seed=0, cache_dir=args.cache_dir)
+        else:
+            folder = Path(args.data).expanduser()
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = load_faces(folder, args.image_size, limit=args.limit, seed=args.seed, cache_dir=args.cache_dir, progress=lambda m: print(m, flush=True))
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        split = split_indices(len(ds), args.split, seed=args.seed)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    print(
+        f"data: {len(ds)} images at {args.image_size} px from {folder} in {time.perf_counter() - start:.1f}s; "
+        f"split {len(split.train)}/{len(split.val)}/{len(split.test)} (train/val/test)",
+        flush=True,
+    )
+    return ds, split, TrainingData.from_split(ds, split)
+
+
+def cmd_run(args) -> int:
+    import optuna
+
+    from agesearch.search import study as st
+    from agesearch.search.artifacts import BestModelKeeper, models_dir
+    from agesearch.search.objective import make_objective
+    from agesearch.spaces import get_space
+
+    try:
+        space = get_space(args.space)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+    multi = args.objective == "multi"
+    if multi and args.pruner not in (None, "none"):
+        raise UsageError(f"--pruner {args.pruner} cannot be used with --objective multi: Optuna's pruners are single-objective only")
+    sampler_name = args.sampler or ("nsga2" if multi else "tpe")
+    pruner_name = args.pruner or ("none" if multi else "median")
+    sampler = _sampler(sampler_name, args.seed, multi)
+    study_name = args.study or args.space
+    url = args.storage or st.default_storage(study_name)
+    try:
+        st.check_storage_url(url)
+    except st.StorageError as e:
+        raise UsageError(str(e)) from None
+
+    ds, split, data = load_data(args)
+    b = data.baselines
+    meta = {
+        "space": args.space,
+        "objective": args.objective,
+        "data": "synthetic" if args.data == "synthetic" else str(Path(args.data).expanduser().resolve()),
+        "fingerprint": ds.fingerprint,
+        "images": len(ds),
+        "image_size": args.image_size,
+        "split": list(args.split),
+        "seed": args.seed,
+        "split_sizes": [len(split.train), len(split.val), len(split.test)],
+        "baselines": {"median_age": b.median_age, "majority_gender": b.majority_gender, "mae_trivial": b.mae_trivial, "error_trivial": b.error_trivial, "age_scale": b.age_scale},
+    }
+    try:
+        storage = st.open_storage(url)
+        study = st.create_or_resume(
+            study_name,
+            storage,
+            directions=["minimize", "maximize"] if multi else ["minimize"],
+            meta=meta,
+            sampler=sampler,
+            pruner=_pruner(pruner_name, args.epochs),
+        )
+    except (st.StorageError, st.StudyMismatch) as e:
+        raise UsageError(str(e)) from None
+
+    done = st.finished_count(study)
+    remaining = args.n_trials - done
+    print(
+        f"study {study_name} in {url}: {done} finished, {max(remaining, 0)} to run "
+        f"(space {args.space}, sampler {sampler_name}, pruner {pruner_name}, {args.epochs} epochs, "
+        f"trivial val age MAE {b.mae_trivial:.2f} y, gender error {b.error_trivial:.3f})",
+        flush=True,
+    )
+    if remaining > 0:
+        keeper = BestModelKeeper(models_dir(url, study_name))
+        objective = make_objective(space, args.image_size, args.epochs, data, multi=multi, models_dir=keeper.directory)
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=args.timeout,
+            catch=(Exception,),
+            callbacks=[keeper, ProgressLine(multi)],
+            gc_after_trial=True,
+        )
+    from agesearch.search.summary import summarize
+
+    print(summarize(study), flush=True)
+    return 0
+
+
+class ProgressLine:
+    """One line per finished trial: number, state, value, seconds, best so far."""
+
+    def __init__(self, multi: bool):
+        self.multi = multi
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        secs = trial.duration.total_seconds() if trial.duration else float("nan")
+        if trial.state == TrialState.COMPLETE:
+            value = " ".join(f"{v:.4f}" for v in trial.values)
+        elif trial.state == TrialState.FAIL:
+            value = trial.user_attrs.get("fail_reason", "failed")
+        else:
+            value = f"at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
+        try:
+            if self.multi:
+                best = f"pareto {len(study.best_trials)} trials"
+            else:
+                best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
+        except ValueError:
+            best = "no best yet"
+        print(f"trial {trial.number:>4} {trial.state.name:<8} {value}  {secs:.1f}s  {best}", flush=True)
+
+
+def cmd_report(args) -> int:
+    import optuna
+
+    from agesearch.search import study as st
+    from agesearch.search.summary import summarize
+
+    url = args.storage or st.default_storage(args.study)
+    try:
+        st.check_storage_url(url)
+        path = st.sqlite_path(url)
+        if path is not None and not path.is_file():
+            raise UsageError(f"no study database at {path}; run `agesearch run --study {args.study} ...` first")
+        storage = st.open_storage(url, heartbeat=False, create_dirs=False)
+    except st.StorageError as e:
+        raise UsageError(str(e)) from None
+    if not st.study_exists(storage, args.study):
+        names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
+        raise UsageError(f"no study named {args.study!r} in {url} (studies there: {names})")
+    print(summarize(optuna.load_study(study_name=args.study, storage=storage)))
+    return 0
+
+
+def cmd_spaces(args) -> int:
+    from agesearch.spaces import SPACES, describe_space
+
+    for name in sorted(SPACES):
+        doc = (SPACES[name].__doc__ or "").strip().splitlines()
+        print(f"{name}: {doc[0] if doc else ''}")
+        for key, dist in describe_space(name, args.image_size).items():
+            print(f"    {key:<18} {_describe(dist)}")
+    return 0
+
+
+def _describe(dist) -> str:
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return "one of " + ", ".join(map(str, dist.choices))
+    step = f" step {dist.step}" if dist.step not in (None, 1) else ""
+    return f"{dist.low}..{dist.high}{' (log)' if dist.log else ''}{step}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Study storage: SQLite (WAL on) under studies/, created and loaded only through Optuna."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+STUDIES_DIR = Path("studies")
+META_KEY = "agesearch"
+# Keys of the study's metadata that must match when a study is resumed.
+MUST_MATCH = ("space", "objective", "fingerprint", "images", "image_size", "split", "seed")
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be used."""
+
+
+class StudyMismatch(ValueError):
+    """Resuming a study with other data, split, image size, space or objective."""
+
+
+def default_storage(study_name: str, studies_dir: Path = STUDIES_DIR) -> str:
+    return f"sqlite:///{studies_dir / (study_name + '.db')}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite URL, None for other databases and in-memory SQLite."""
+    u = sqlalchemy.engine.make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    return Path(u.database)
+
+
+def check_storage_url(url: str) -> None:
+    """Fail with one line for a URL SQLAlchemy cannot parse or whose driver is missing."""
+    try:
+        u = sqlalchemy.engine.make_url(url)
+        u.get_dialect()
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
+        raise StorageError(f"bad storage URL {url!r}: {str(e).splitlines()[0]}") from None
+    except ImportError as e:
+        raise StorageError(f"storage URL {url!r} needs a database driver that is not installed: {e}") from None
+    path = sqlite_path(url)
+    if path is not None and path.exists() and not path.is_file():
+        raise StorageError(f"bad storage URL {url!r}: {path} is not a file")
+
+
+def open_storage(url: str, *, heartbeat: bool = True, create_dirs: bool = True) -> RDBStorage:
+    """An RDB storage; SQLite files get WAL (readers never block the writer) and a busy timeout.
+
+    With `heartbeat`, a trial whose process died (SIGKILL) is failed after the grace period
+    and re-enqueued once by Optuna's RetryHeartbeatStaleTrialCallback.
+    """
+    check_storage_url(url)
+    path = sqlite_path(url)
+    created = False
+    engine_kwargs: dict = {}
+    if path is not None:
+        if not path.parent.exists():
+            if not create_dirs:
+                raise StorageError(f"no study database at {path}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        try:
+            with sqlite3.connect(path, timeout=60) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"cannot open {path} as SQLite: {e}") from None
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    kwargs: dict = {}
+    if heartbeat:
+        kwargs = dict(
+            heartbeat_interval=10,
+            grace_period=30,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=False),
+        )
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as e:
+        if created and path is not None:
+            path.unlink(missing_ok=True)
+        raise StorageError(f"cannot open storage {url!r}: {str(e).splitlines()[0]}") from None
+
+
+def study_exists(storage: RDBStorage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def create_or_resume(
+    name: str,
+    storage: RDBStorage,
+    *,
+    directions: list[str],
+    meta: dict,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> optuna.Study:
+    """`create_study(load_if_exists=True)`, refusing to resume with other data or settings."""
+    existing = None
+    if study_exists(storage, name):
+        existing = optuna.load_study(study_name=name, storage=storage)
+        old = existing.user_attrs.get(META_KEY, {})
+        diffs = [f"{k}: study has {old.get(k)!r}, this run {meta.get(k)!r}" for k in MUST_MATCH if old.get(k) != meta.get(k)]
+        if [d.name.lower() for d in existing.directions] != directions:
+            diffs.insert(0, f"directions: study has {[d.name.lower() for d in existing.directions]}, this run {directions}")
+        if diffs:
+            raise StudyMismatch(f"study {name!r} was made with other settings ({'; '.join(diffs)}); use another --study name")
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        directions=directions,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    if existing is None:
+        study.set_user_attr(META_KEY, meta)
+    return study
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count toward --n-trials: complete, pruned, and failed ones not being retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    return sum(
+        1
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and t.number not in retried)
+    )

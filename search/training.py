@@ -1,0 +1,244 @@
+"""Training: the TrainConfig, the prepared arrays, and one Keras fit with per-epoch reports."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from agesearch.models import ModelConfig, build_model
+from agesearch.search.data import FaceDataset, Split
+from agesearch.search.train_config import TrainConfig
+
+@dataclass
+class Baselines:
+    """The trivial predictors, fitted on train and scored on val."""
+
+    median_age: float  # train median age, years
+    majority_gender: int  # train majority gender
+    mae_trivial: float  # val MAE of always predicting median_age, years
+    error_trivial: float  # val error rate of always predicting majority_gender
+    age_scale: float  # the model learns age / age_scale (train mean age)
+
+    @classmethod
+    def fit(cls, train_ages: np.ndarray, train_genders: np.ndarray, val_ages: np.ndarray, val_genders: np.ndarray) -> "Baselines":
+        median = float(np.median(train_ages))
+        majority = int(np.mean(train_genders) >= 0.5)
+        return cls(
+            median_age=median,
+            majority_gender=majority,
+            mae_trivial=max(float(np.mean(np.abs(val_ages - median))), 1e-6),
+            error_trivial=max(float(np.mean(val_genders != majority)), 1e-6),
+            age_scale=max(float(np.mean(train_ages)), 1.0),
+        )
+
+
+def combined_objective(val_age_mae: float, val_gender_accuracy: float, b: Baselines) -> float:
+    """`val_age_mae / mae_trivial + val_gender_error / error_trivial`, minimised.
+
+    Each term is the share of the trivial predictor's error that is left: 2.0 means no better
+    than predicting the train median age and majority gender, 0.0 would be perfect.
+    """
+    return val_age_mae / b.mae_trivial + (1.0 - val_gender_accuracy) / b.error_trivial
+
+
+@dataclass
+class TrainingData:
+    """Arrays for one search: train and val, with the baselines; test is never here."""
+
+    x_train: np.ndarray
+    age_train: np.ndarray
+    gender_train: np.ndarray
+    x_val: np.ndarray
+    age_val: np.ndarray
+    gender_val: np.ndarray
+    baselines: Baselines
+
+    @classmethod
+    def from_split(cls, ds: FaceDataset, split: Split) -> "TrainingData":
+        tr, va = split.train, split.val
+        return cls(
+            x_train=ds.images[tr],
+            age_train=ds.ages[tr].astype(np.float32),
+            gender_train=ds.genders[tr].astype(np.float32),
+            x_val=ds.images[va],
+            age_val=ds.ages[va].astype(np.float32),
+            gender_val=ds.genders[va].astype(np.float32),
+            baselines=Baselines.fit(ds.ages[tr], ds.genders[tr], ds.ages[va], ds.genders[va]),
+        )
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot produce a value (NaN loss, ...); the study marks it FAIL."""
+
+
+# A reporter gets (epoch, objective) after every epoch and answers True to prune.
+Reporter = Callable[[int, float], bool]
+
+
+class PruneRequested(Exception):
+    """Raised out of `fit` when the reporter says prune; the caller turns it into TrialPruned."""
+
+    def __init__(self, epoch: int, value: float):
+        super().__init__(f"pruned after epoch {epoch} (objective {value:.4f})")
+        self.epoch, self.value = epoch, value
+
+
+class EpochReport(keras.callbacks.Callback):
+    """Converts the epoch's val metrics to years and the objective, records them, reports them.
+
+    optuna-integration's KerasPruningCallback only reads a logs key and talks to the trial
+    directly; ours also keeps the per-epoch history for the study and reports through a plain
+    function, so the same code runs under a driver that owns the study (Ray workers).
+    It must come before EarlyStopping in the callback list: it writes `val_objective` into logs.
+    """
+
+    def __init__(self, baselines: Baselines, reporter: Reporter | None):
+        super().__init__()
+        self.b = baselines
+        self.reporter = reporter
+        self.history: dict[str, list[float]] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        scale = self.b.age_scale
+        row = {
+            "loss": logs.get("loss"),
+            "val_loss": logs.get("val_loss"),
+            "age_mae": logs.get("age_mae", math.nan) * scale,
+            "val_age_mae": logs.get("val_age_mae", math.nan) * scale,
+            "gender_accuracy": logs.get("gender_accuracy"),
+            "val_gender_accuracy": logs.get("val_gender_accuracy"),
+        }
+        if row["loss"] is None or not math.isfinite(row["loss"]) or not math.isfinite(row["val_age_mae"]):
+            raise TrialFailed(f"loss became NaN or infinite at epoch {epoch}")
+        value = combined_objective(row["val_age_mae"], row["val_gender_accuracy"], self.b)
+        row["val_objective"] = value
+        logs["val_objective"] = value
+        for key, v in row.items():
+            self.history.setdefault(key, []).append(float(v))
+        if self.reporter is not None and self.reporter(epoch, value):
+            raise PruneRequested(epoch, value)
+
+
+def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(cfg.learning_rate)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(cfg.learning_rate)
+    if cfg.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(cfg.learning_rate)
+    return keras.optimizers.SGD(cfg.learning_rate, momentum=0.9, nesterov=True)
+
+
+def augmentation_layers(cfg: TrainConfig) -> list[keras.layers.Layer]:
+    """Keras preprocessing layers (active in training only): backend-neutral augmentation."""
+    out: list[keras.layers.Layer] = []
+    if cfg.flip:
+        out.append(keras.layers.RandomFlip("horizontal", name="aug_flip"))
+    if cfg.rotation > 0:
+        out.append(keras.layers.RandomRotation(cfg.rotation, name="aug_rotation"))
+    if cfg.zoom > 0:
+        out.append(keras.layers.RandomZoom(cfg.zoom, name="aug_zoom"))
+    if cfg.brightness > 0:
+        out.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(0, 255), name="aug_brightness"))
+    return out
+
+
+def build_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> keras.Model:
+    """The search model with augmentation in front, compiled."""
+    core = build_model(model_cfg)
+    aug = augmentation_layers(train_cfg)
+    if aug:
+        inputs = keras.Input(core.input_shape[1:], name="image")
+        x = inputs
+        for layer in aug:
+            x = layer(x)
+        model = keras.Model(inputs, core(x), name="agesearch_train")
+    else:
+        model = core
+    age_loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber()}[train_cfg.age_loss]
+    model.compile(
+        optimizer=make_optimizer(train_cfg),
+        loss={"age": age_loss, "gender": "binary_crossentropy"},
+        loss_weights={"age": train_cfg.age_loss_weight, "gender": 1.0},
+        metrics={"age": ["mae"], "gender": ["accuracy"]},
+    )
+    return model
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]]  # per epoch: loss, val_loss, (val_)age_mae (years), (val_)gender_accuracy, val_objective
+    best_epoch: int
+    val_age_mae: float  # years, at the best epoch
+    val_gender_accuracy: float  # at the best epoch
+    objective: float  # combined objective at the best epoch
+    epochs_run: int
+    seconds: float
+    params: int
+    model: keras.Model | None = None  # the bare two-branch model (no augmentation), with keep_model
+
+
+def fit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: TrainingData,
+    reporter: Reporter | None = None,
+    *,
+    keep_model: bool = False,
+    on_history: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Clear Keras state, build, fit with per-epoch reports and early stopping, return metrics.
+
+    Raises PruneRequested (after `on_history` saw the partial history) when the reporter
+    says prune, TrialFailed on NaN, and whatever Keras raises (out of memory, ...).
+    """
+    keras.backend.clear_session()
+    start = time.perf_counter()
+    model = build_trainable(model_cfg, train_cfg)
+    report = EpochReport(data.baselines, reporter)
+    scale = data.baselines.age_scale
+    callbacks = [
+        report,
+        keras.callbacks.EarlyStopping(
+            monitor="val_objective", mode="min", patience=train_cfg.patience, restore_best_weights=True
+        ),
+    ]
+    try:
+        model.fit(
+            data.x_train,
+            {"age": data.age_train / scale, "gender": data.gender_train},
+            validation_data=(data.x_val, {"age": data.age_val / scale, "gender": data.gender_val}),
+            batch_size=train_cfg.batch_size,
+            epochs=train_cfg.epochs,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    finally:
+        if on_history is not None:
+            on_history(report.history)
+    h = report.history
+    best = int(np.argmin(h["val_objective"]))
+    return FitResult(
+        history=h,
+        best_epoch=best,
+        val_age_mae=h["val_age_mae"][best],
+        val_gender_accuracy=h["val_gender_accuracy"][best],
+        objective=h["val_objective"][best],
+        epochs_run=len(h["val_objective"]),
+        seconds=time.perf_counter() - start,
+        params=int(model.count_params()),
+        model=_core_model(model) if keep_model else None,
+    )
+
+
+def _core_model(model: keras.Model) -> keras.Model:
+    """The two-branch model without the augmentation wrapper that training put in front."""
+    if model.name == "agesearch_train":
+        return model.get_layer("agesearch_cnn")
+    return model
