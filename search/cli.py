@@ -157,14 +157,11 @@ def _pruner(name: str, epochs: int):
 def load_data(args):
     """Load and split the data; prints one progress line; raises UsageError for bad input."""
     from agesearch.search.data import DataError, load_faces, split_indices
-    from agesearch.search.synthetic import synthetic_folder
+    from agesearch.search.study_data import data_folder
     from agesearch.search.training import TrainingData  # imports Keras
 
     try:
-        if args.data == "synthetic":
-            folder = synthetic_folder(args.synthetic_count, seed=0, cache_dir=args.cache_dir)
-        else:
-            folder = Path(args.data).expanduser()
+        folder = data_folder(args.data, synthetic_count=args.synthetic_count, cache_dir=args.cache_dir)
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -213,6 +210,8 @@ def cmd_run(args) -> int:
         "space": args.space,
         "objective": args.objective,
         "data": "synthetic" if args.data == "synthetic" else str(Path(args.data).expanduser().resolve()),
+        "synthetic_count": args.synthetic_count if args.data == "synthetic" else None,
+        "limit": args.limit,
         "fingerprint": ds.fingerprint,
         "images": len(ds),
         "image_size": args.image_size,
