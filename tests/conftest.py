@@ -1,0 +1,40 @@
+"""Shared fixtures: a private decoded-image cache, small synthetic sets, quiet TensorFlow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "utkface-5k"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory) -> Path:
+    """Every test decodes into one session cache, never into the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("AGESEARCH_CACHE_DIR")
+    os.environ["AGESEARCH_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("AGESEARCH_CACHE_DIR", None)
+    else:
+        os.environ["AGESEARCH_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(cache_dir) -> Path:
+    """The default synthetic set (1,200 faces), drawn once per session."""
+    from agesearch.search.synthetic import synthetic_folder
+
+    return synthetic_folder(1200, seed=0, cache_dir=cache_dir)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run in an empty folder, so studies/ lands there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import keras
+import optuna
+import pytest
+
+from agesearch.models import build_model, max_depth
+from agesearch.search.train_config import TrainConfig
+from agesearch.spaces import describe_space, get_space, register_space, space_names
+
+
+def test_space_names_include_the_issue_spaces():
+    assert {"arch", "train", "full"} <= set(space_names())
+
+
+def test_get_space_unknown_lists_known():
+    with pytest.raises(KeyError, match=r"unknown space 'nope'; known spaces: .*arch, full.*train"):
+        get_space("nope")
+
+
+def test_register_space_twice_fails():
+    with pytest.raises(ValueError, match="already registered"):
+        register_space("arch")(lambda trial, size: None)
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 128])
+@pytest.mark.parametrize("name", sorted(set(space_names()) - {"ablate"}))
+def test_space_samples_valid_buildable_models(name, image_size):
+    space = get_space(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=image_size))
+    for _ in range(30):
+        trial = study.ask()
+        model_cfg, train_cfg = space(trial, image_size)
+        assert isinstance(train_cfg, TrainConfig)
+        assert model_cfg.image_size == image_size and model_cfg.depth <= max_depth(image_size)
+        keras.backend.clear_session()
+        model = build_model(model_cfg)
+        assert model.output_names == ["age", "gender"] and model.output_shape == [(None, 1), (None, 1)]
+        study.tell(trial, 1.0)
+
+
+def test_train_space_keeps_the_writeup_model_fixed():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    models = set()
+    for _ in range(5):
+        model_cfg, _ = get_space("train")(study.ask(), 64)
+        models.add(model_cfg)
+    (only,) = models
+    assert only.filters == (128, 64, 32, 32) and only.block_order == "conv_bn_relu"
+    assert only.age_dense == only.gender_dense == 512 and only.dense_dropout == 0.6
+
+
+def test_describe_space_lists_parameters_with_ranges():
+    arch = describe_space("arch", 64)
+    assert arch["depth"].low == 3 and arch["depth"].high == 6
+    assert set(arch["block_order"].choices) == {"conv_bn_relu", "conv_relu_bn", "conv_relu"}
+    assert "optimizer" not in arch and "optimizer" in describe_space("full", 64)
