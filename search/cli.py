@@ -1,4 +1,4 @@
-"""The `agesearch` command: run a search, summarise a study, list the spaces.
+"""The `agesearch` command: run a search, report on a study, serve the dashboard, list the spaces.
 
 Bad input prints one line `agesearch: error: ...` and exits 2, before any study is made.
 """
@@ -44,6 +44,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 0-65535, got {text!r}")
     return value
 
 
@@ -99,9 +109,48 @@ def build_parser() -> Parser:
     r.add_argument("--synthetic-count", type=positive_int, default=1200, help="images in the built-in synthetic set")
     r.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)")
 
-    rep = sub.add_parser("report", help="summarise a study in the terminal", description="Trials by state, the best trial and a top-10 table.")
+    def non_negative(kind):
+        def parse(text: str):
+            try:
+                value = kind(text)
+            except ValueError:
+                value = -1
+            if not value >= 0 or not math.isfinite(value):
+                raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+            return value
+
+        return parse
+
+    # Distributed search with Ray (search/distributed.py): used when --workers > 1 or --address.
+    r.add_argument("--workers", type=positive_int, default=1, help="trials running at once, each in a fresh Ray worker process (> 1 starts a local Ray runtime)")
+    r.add_argument("--gpus-per-trial", type=non_negative(float), help="GPUs per trial, fractions pack trials on a GPU (default: 1 if Ray sees GPUs, else 0)")
+    r.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="CPUs per trial (Ray resources)")
+    r.add_argument("--address", help="join this Ray cluster ('auto', HOST:PORT or ray://HOST:PORT) instead of starting a local runtime")
+    r.add_argument("--max-retries", type=non_negative(int), default=1, help="run a trial again with the same parameters this many times when its worker dies")
+
+    rep = sub.add_parser(
+        "report",
+        help="write a study's HTML report and print its tables",
+        description="Write one self-contained HTML report of a study (plots, ablation tables, the best "
+        "model's predictions) and print the summary and ablation tables. Works while the search runs.",
+    )
     rep.add_argument("--study", default="arch", help="study name")
     rep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    rep.add_argument("--out", type=Path, help="HTML file to write (default: studies/<study>-report.html, next to the study's database)")
+    rep.add_argument("--csv", type=Path, help="also write every trial (params, state, values, metrics) to this CSV file")
+    rep.add_argument("--no-predictions", action="store_true", help="skip the best model's predictions (no Keras, no images)")
+    rep.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)")
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="start optuna-dashboard on a study's storage (127.0.0.1 by default)",
+        description="Serve optuna-dashboard for the study's storage: every study in that file with its "
+        "intermediate values and user attrs, live while a search runs. Listens on loopback unless --host says otherwise.",
+    )
+    dash.add_argument("--study", help="study name (default: the only studies/*.db there is)")
+    dash.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    dash.add_argument("--port", type=port_number, default=8080, help="TCP port")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the dashboard to the network")
 
     sp = sub.add_parser("spaces", help="list the search spaces with their parameters and ranges")
     sp.add_argument("--image-size", type=image_size, default=128, help="ranges that depend on the image size are shown for this size")
@@ -120,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "dashboard":
+            from agesearch.search.dashboard import cmd_dashboard
+
+            return cmd_dashboard(args)
         return cmd_spaces(args)
     except UsageError as e:
         print(f"agesearch: error: {e}", file=sys.stderr)
@@ -243,15 +296,40 @@ def cmd_run(args) -> int:
     )
     if remaining > 0:
         keeper = BestModelKeeper(models_dir(url, study_name))
-        objective = make_objective(space, args.image_size, args.epochs, data, multi=multi, models_dir=keeper.directory)
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=args.timeout,
-            catch=(Exception,),
-            callbacks=[keeper, ProgressLine(multi)],
-            gc_after_trial=True,
-        )
+        if args.workers > 1 or args.address:
+            from agesearch.search.distributed import DistributedError, run_distributed
+
+            try:
+                run_distributed(
+                    study,
+                    space,
+                    data,
+                    n_trials=args.n_trials,
+                    image_size=args.image_size,
+                    epochs=args.epochs,
+                    multi=multi,
+                    workers=args.workers,
+                    gpus_per_trial=args.gpus_per_trial,
+                    cpus_per_trial=args.cpus_per_trial,
+                    address=args.address,
+                    max_retries=args.max_retries,
+                    timeout=args.timeout,
+                    models_dir=keeper.directory,
+                    cache_dir=args.cache_dir,
+                    callbacks=[keeper, ProgressLine(multi)],
+                )
+            except DistributedError as e:
+                raise UsageError(str(e)) from None
+        else:
+            objective = make_objective(space, args.image_size, args.epochs, data, multi=multi, models_dir=keeper.directory)
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=args.timeout,
+                catch=(Exception,),
+                callbacks=[keeper, ProgressLine(multi)],
+                gc_after_trial=True,
+            )
     from agesearch.search.summary import summarize
 
     print(summarize(study), flush=True)
@@ -288,7 +366,8 @@ def cmd_report(args) -> int:
     import optuna
 
     from agesearch.search import study as st
-    from agesearch.search.summary import summarize
+    from agesearch.search.artifacts import models_dir
+    from agesearch.search.report import build_report, write_report
 
     url = args.storage or st.default_storage(args.study)
     try:
@@ -296,13 +375,26 @@ def cmd_report(args) -> int:
         path = st.sqlite_path(url)
         if path is not None and not path.is_file():
             raise UsageError(f"no study database at {path}; run `agesearch run --study {args.study} ...` first")
+        # heartbeat=False: a reader must never fail the running trials of a live search.
         storage = st.open_storage(url, heartbeat=False, create_dirs=False)
     except st.StorageError as e:
         raise UsageError(str(e)) from None
     if not st.study_exists(storage, args.study):
         names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
         raise UsageError(f"no study named {args.study!r} in {url} (studies there: {names})")
-    print(summarize(optuna.load_study(study_name=args.study, storage=storage)))
+    study = optuna.load_study(study_name=args.study, storage=storage)
+    if not study.get_trials(deepcopy=False):
+        raise UsageError(f"study {args.study!r} in {url} has no trials yet; nothing to report")
+    directory = models_dir(url, args.study)
+    out = args.out or directory.parent / f"{args.study}-report.html"
+    result = build_report(study, models_dir=directory, predictions=not args.no_predictions, cache_dir=args.cache_dir)
+    print(result.text)
+    write_report(result, out)
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        result.trials.to_csv(args.csv, index=False)
+        print(f"csv: {len(result.trials)} trials -> {args.csv}")
+    print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, {result.seconds:.1f}s)")
     return 0
 
 
