@@ -250,6 +250,8 @@ def cmd_run(args) -> int:
     sampler_name = args.sampler or ("nsga2" if multi else "tpe")
     pruner_name = args.pruner or ("none" if multi else "median")
     sampler = _sampler(sampler_name, args.seed, multi)
+    if getattr(space, "grid", None) is not None:  # a grid space (`ablate`) walks its grid
+        sampler_name, sampler = "grid", optuna.samplers.GridSampler(space.grid(args.image_size), seed=args.seed)
     study_name = args.study or args.space
     url = args.storage or st.default_storage(study_name)
     try:

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,10 @@ METRIC_ATTRS = (
 # samples a base and an order, and the write-ups' question is the resulting filter list.
 DERIVED_KNOBS = {"filters": "filters (from config)", "shared_blocks": "split point (shared blocks)"}
 MAX_ABLATION_ROWS = 15
+ABLATION_HEADERS = {"complete": "done", "age_mae": "age MAE", "gender_acc": "gender acc"}
 N_FACES = 20
+MAX_PARALLEL = 8
+SLICE_ROW = 4
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#d62728", "FAIL": "#7f7f7f", "RUNNING": "#ff7f0e"}
 
 
@@ -113,6 +117,8 @@ def all_trials_table(study: optuna.Study) -> pd.DataFrame:
     df = study.trials_dataframe(attrs=("number", "state", "value", "values", "datetime_start", "datetime_complete", "duration", "params"), multi_index=False)
     if df.empty:
         return df
+    # trials_dataframe gives both `value` and `values_0` for one objective; keep the one that fits.
+    df = df.drop(columns=[c for c in df.columns if (c.startswith("values_") if not is_multi(study) else c == "value")])
     if "duration" in df.columns:
         df["duration_s"] = df.pop("duration").dt.total_seconds()
     by_number = {t.number: t for t in trials}
@@ -165,17 +171,20 @@ def _bucket(values: pd.Series, kind: str) -> pd.Series:
     if kind != "continuous" or present.nunique() <= 4:
         return values
     numeric = pd.to_numeric(values, errors="coerce")
-    cut = pd.qcut(numeric, q=4, duplicates="drop")
-    return cut.map(lambda iv: f"{iv.left:.3g} – {iv.right:.3g}" if isinstance(iv, pd.Interval) else None).astype(object)
+    codes = pd.qcut(numeric, q=4, labels=False, duplicates="drop")
+    # Label each bucket by the values really in it (qcut's own edges reach below the minimum).
+    labels = {c: f"{numeric[codes == c].min():.3g} – {numeric[codes == c].max():.3g}" for c in codes.dropna().unique()}
+    return codes.map(lambda c: labels.get(c)).astype(object)
 
 
 def ablation_tables(study: optuna.Study) -> dict[str, pd.DataFrame]:
     """Per knob that took at least two values: one row per value with trials and medians.
 
     The seed write-ups' one-change-at-a-time tables ("BN then ReLU: 0.30; ReLU then BN: 0.53"),
-    read from the real trials: for each value, how many finished trials used it (complete,
-    pruned, failed), the best and median objective of the complete ones, and their median val
-    age MAE and gender accuracy. Rows are ordered by value for numeric knobs and by median
+    read from the real trials: for each value, how many finished trials used it (`trials`,
+    `complete`, `pruned`, `failed`), the `best` and `median` objective of the complete ones
+    (the combined objective in a multi-objective study), and their median val age MAE in years
+    (`age_mae`) and median val gender accuracy (`gender_acc`). Rows are ordered by value for numeric knobs and by median
     objective for categorical ones; at most MAX_ABLATION_ROWS rows per knob.
     """
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
@@ -215,14 +224,14 @@ def ablation_tables(study: optuna.Study) -> dict[str, pd.DataFrame]:
                 "complete": g["state"].apply(lambda s: int((s == "COMPLETE").sum())),
                 "pruned": g["state"].apply(lambda s: int((s == "PRUNED").sum())),
                 "failed": g["state"].apply(lambda s: int((s == "FAIL").sum())),
-                f"best {name}": g["objective"].min() if minimize else g["objective"].max(),
-                f"median {name}": g["objective"].median(),
-                "median val age MAE (y)": g["mae"].median(),
-                "median val gender acc": g["acc"].median(),
+                "best": g["objective"].min() if minimize else g["objective"].max(),
+                "median": g["objective"].median(),
+                "age_mae": g["mae"].median(),
+                "gender_acc": g["acc"].median(),
             }
         )
         # Numbers read best in their own order (dropout 0.4 / 0.5 / 0.6); names by how well they did.
-        table = table.loc[order] if numeric else table.sort_values(f"median {name}", ascending=minimize, na_position="last")
+        table = table.loc[order] if numeric else table.sort_values("median", ascending=minimize, na_position="last")
         table.index = table.index.map(str)
         table.index.name = knob
         tables[knob] = table.head(MAX_ABLATION_ROWS)
@@ -255,7 +264,8 @@ def terminal_tables(study: optuna.Study, tables: dict[str, pd.DataFrame]) -> str
     """The ablation tables as text, for the terminal (after `summarize`)."""
     if not tables:
         return "ablations: no knob took two values in finished trials yet"
-    parts = ["ablations (per value of each knob; medians over complete trials):"]
+    name = objective_of(study)[1]
+    parts = [f"ablations: per value of each knob, finished trials; best and median {name}, median val age MAE (years) and gender accuracy of the complete ones"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         for knob, table in tables.items():
             parts.append(table.to_string())
@@ -558,6 +568,7 @@ table.kv td{padding:3px 0}
 .tblwrap{overflow-x:auto;margin:4px 0 10px} table.tbl{border-collapse:collapse;font-size:12.5px}
 table.tbl th,table.tbl td{padding:4px 10px;border-bottom:1px solid #eef0f3;text-align:right;white-space:nowrap}
 table.tbl th{background:#f1f5f9;color:#334155} table.tbl tbody th{text-align:left;background:#fafbfc}
+table.tbl td:first-child,table.tbl th:first-child{text-align:left}
 table.tbl tr.best td,table.tbl tr.best th{background:#ecfdf5;font-weight:600}
 .ablations{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:6px 24px}
 .faces{display:grid;grid-template-columns:repeat(auto-fill,minmax(118px,1fr));gap:10px;margin:10px 0}
@@ -619,27 +630,38 @@ def build_report(study: optuna.Study, *, models_dir: Path | None = None, predict
     _summary(study, sections["summary"], facts)
     viz = optuna.visualization
     kw = {} if target is None else {"target": target, "target_name": target_name}
-    sections["history"].intro = f"{target_name} of each complete trial and the best so far."
+    sections["history"].intro = f"{target_name.capitalize()} of each complete trial and the best so far."
     _try_plot(sections["history"], lambda: viz.plot_optimization_history(study, **kw), "plot-history", 440, "no complete trial yet")
 
     importances: dict[str, float] = {}
-    sections["importances"].intro = f"How much each parameter explains the {target_name}, by Optuna's default importance evaluator over the complete trials."
+    sections["importances"].intro = f"How much each parameter explains the {target_name}: Optuna's default importance evaluator over the complete trials."
     if len(complete) >= 2:
-        try:
-            importances = optuna.importance.get_param_importances(study, target=target)
-        except (ValueError, RuntimeError, ZeroDivisionError) as e:
-            sections["importances"].note(f"importances not available yet: {e}")
-        if importances:
-            ikw = {} if target is None else {"target": target, "target_name": target_name}
-            _try_plot(sections["importances"], lambda: viz.plot_param_importances(study, **ikw), "plot-importances", 60 + 28 * len(importances))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                importances = optuna.importance.get_param_importances(study, target=target)
+            except (ValueError, RuntimeError, ZeroDivisionError) as e:
+                sections["importances"].note(f"importances not available yet: {e}")
+            if importances:
+                _try_plot(sections["importances"], lambda: viz.plot_param_importances(study, **kw), "plot-importances", 120 + 24 * len(importances))
+        if any(issubclass(w.category, UserWarning) for w in caught):
+            sections["importances"].note(f"with {len(complete)} complete trials Optuna warns that the importances may be inaccurate; read them as a first hint.")
     else:
         sections["importances"].note("importances need at least two complete trials.")
+    # Most important first: the parallel coordinates stay readable with the top few axes only.
+    params = sorted({k for t in complete for k in t.params}, key=lambda k: (-importances.get(k, -1.0), k))
 
-    sections["parallel"].intro = "Each line is a complete trial; drag on an axis to filter."
-    _try_plot(sections["parallel"], lambda: viz.plot_parallel_coordinate(study, **kw), "plot-parallel", 480, "no complete trial yet")
-    sections["slice"].intro = f"{target_name} against each parameter; colour is the trial number."
-    n_params = len({k for t in complete for k in t.params})
-    _try_plot(sections["slice"], lambda: viz.plot_slice(study, **kw), "plot-slice", 400 if n_params <= 6 else 400 * math.ceil(n_params / 6), "no complete trial yet")
+    sections["parallel"].intro = "Each line is a complete trial; drag on an axis to filter." + (f" The {MAX_PARALLEL} most important parameters." if len(params) > MAX_PARALLEL else "")
+    _try_plot(sections["parallel"], lambda: viz.plot_parallel_coordinate(study, params=params[:MAX_PARALLEL] or None, **kw), "plot-parallel", 460, "no complete trial yet")
+    sections["slice"].intro = f"{target_name.capitalize()} against each parameter, most important first; colour is the trial number."
+    if not params:
+        sections["slice"].note("no complete trial yet")
+    # Optuna lays every slice out in one row of fixed width; in rows of SLICE_ROW they fit the page.
+    for i in range(0, len(params), SLICE_ROW):
+        chunk = params[i : i + SLICE_ROW]
+        made = _try_plot(sections["slice"], lambda: viz.plot_slice(study, params=chunk, **kw).update_layout(width=None, autosize=True, title_text="" if i else "Slice Plot"), f"plot-slice-{i // SLICE_ROW}", 340)
+        if not made:
+            break
     top2 = [k for k, _ in sorted(importances.items(), key=lambda kv: -kv[1])][:2]
     if len(top2) == 2:
         sections["contour"].intro = f"{top2[0]} × {top2[1]} (the two most important parameters)."
@@ -656,16 +678,19 @@ def build_report(study: optuna.Study, *, models_dir: Path | None = None, predict
 
     tables = ablation_tables(study)
     sec = sections["ablations"]
-    sec.intro = f"For each knob that took two or more values: the finished trials per value, the best and median {target_name} and the median val metrics of the complete ones. Highlighted: the best median."
+    sec.intro = (
+        f"For each knob that took two or more values: finished trials per value (done = complete), the best and median "
+        f"{target_name} of the complete ones, and their median val age MAE (years) and gender accuracy. Highlighted: the best median."
+    )
     if tables:
         blocks = []
         for knob, table in tables.items():
-            col = f"median {target_name}"
-            med = table[col].to_numpy(dtype=float)
+            med = table["median"].to_numpy(dtype=float)
             hl = None
             if np.isfinite(med).any():
                 hl = int(np.nanargmin(med) if multi or study.direction == optuna.study.StudyDirection.MINIMIZE else np.nanargmax(med))
-            blocks.append(f'<div><h3>{html.escape(knob)}</h3>{_table_html(table, highlight=hl)}</div>')
+            shown = table.rename(columns=ABLATION_HEADERS).reset_index()
+            blocks.append(f'<div><h3>{html.escape(knob)}</h3>{_table_html(shown, index=False, highlight=hl)}</div>')
         sec.body.append('<div class="ablations">' + "".join(blocks) + "</div>")
     else:
         sec.note("no knob has taken two values in finished trials yet.")

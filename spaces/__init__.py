@@ -65,6 +65,6 @@ def _widest(old, new):
 
 
 # Import the space modules so they register themselves.
-from agesearch.spaces import arch, train, full  # noqa: E402,F401
+from agesearch.spaces import arch, train, full, ablate  # noqa: E402,F401
 
 __all__ = ["SPACES", "Space", "describe_space", "get_space", "register_space", "space_names"]
