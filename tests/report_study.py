@@ -1,0 +1,116 @@
+"""A small finished study for the report, browser and dashboard tests, made once per session.
+
+Not a test module: `test_report.py` and `test_browser.py` import `finished_study`, and the
+second caller finds the study the first one made under pytest's session temp folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+STUDY = "rep"
+
+
+@dataclass
+class StudyFiles:
+    root: Path
+    url: str
+    name: str
+
+
+def finished_study(base: Path) -> StudyFiles:
+    """4 searched trials (synthetic, 32 px, 2 epochs) plus a pruned and a failed one.
+
+    The search itself cannot be relied on to prune within 4 trials (the median pruner waits for
+    5), nor to fail, so those two are added the way the objective records them.
+    """
+    from agesearch.search.cli import main
+
+    root = base / "report-study"
+    files = StudyFiles(root, f"sqlite:///{root / 'studies' / (STUDY + '.db')}", STUDY)
+    if (root / "ready").exists():
+        return files
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["run", "--space", "arch", "--study", STUDY, "--storage", files.url, "--n-trials", "4", "--epochs", "2", "--image-size", "32", "--limit", "200"])
+    assert rc == 0
+    study = optuna.load_study(study_name=STUDY, storage=files.url)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done, "the search should complete trials"
+    template = done[0]
+    history = {k: v[:1] for k, v in template.user_attrs["history"].items()}
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            params=template.params,
+            distributions=template.distributions,
+            intermediate_values={0: history["val_objective"][0]},
+            user_attrs={"model_config": template.user_attrs["model_config"], "history": history, "epochs_run": 1, "pruned_at_epoch": 0},
+        )
+    )
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL,
+            params=done[-1].params,
+            distributions=done[-1].distributions,
+            user_attrs={"model_config": done[-1].user_attrs["model_config"], "history": {}, "fail_reason": "ValueError: loss is NaN"},
+        )
+    )
+    (root / "ready").write_text("ok")
+    return files
+
+
+def hand_made_study(url: str, name: str, *, multi: bool = False, n: int = 8) -> optuna.Study:
+    """A study written without training: knobs of known values, values from a formula.
+
+    `dropout` (discrete), `optimizer` (categorical) and `lr` (log, continuous) let the tests
+    predict every ablation table row.
+    """
+    study = optuna.create_study(study_name=name, storage=url, directions=["minimize", "maximize"] if multi else ["minimize"])
+    study.set_user_attr("agesearch", {"data": "synthetic", "images": 100, "image_size": 32, "split": [0.7, 0.15, 0.15], "seed": 0, "space": "hand", "objective": "multi" if multi else "combined"})
+    dists = {
+        "dropout": FloatDistribution(0.4, 0.7, step=0.1),
+        "optimizer": CategoricalDistribution(["adam", "rmsprop"]),
+        "lr": FloatDistribution(1e-4, 1e-2, log=True),
+    }
+    for i in range(n):
+        params = {"dropout": [0.4, 0.5, 0.6, 0.7][i % 4], "optimizer": ["adam", "rmsprop"][i % 2], "lr": 1e-4 * 10 ** (2 * i / (n - 1))}
+        mae = 10.0 + i
+        acc = 0.6 + 0.03 * i if i % 3 else 0.95 - 0.01 * i
+        objective = mae / 15 + (1 - acc) / 0.5
+        history = {
+            "loss": [2.0, 1.5, 1.2],
+            "val_loss": [2.1, 1.7, 1.4],
+            "age_mae": [20.0, 15.0, 12.0],
+            "val_age_mae": [21.0, 16.0, mae],
+            "gender_accuracy": [0.5, 0.6, 0.7],
+            "val_gender_accuracy": [0.5, 0.55, acc],
+            "val_objective": [objective + 1, objective + 0.5, objective],
+        }
+        attrs = {"objective": objective, "val_age_mae": mae, "val_gender_accuracy": acc, "best_epoch": 2, "epochs_run": 3, "seconds": 1.0 + i, "params": 1000, "history": history, "model_config": {"filters": [32, 64]}}
+        study.add_trial(
+            create_trial(
+                values=[mae, acc] if multi else [objective],
+                params=params,
+                distributions=dists,
+                intermediate_values={} if multi else {e: v for e, v in enumerate(history["val_objective"])},
+                user_attrs=attrs,
+            )
+        )
+    return study
+
+
+def median(values: list[float]) -> float:
+    s = sorted(v for v in values if not math.isnan(v))
+    if not s:
+        return math.nan
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
