@@ -13,7 +13,8 @@ METRIC_COLUMNS = ["val_age_mae", "val_gender_accuracy", "epochs_run", "seconds",
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, value(s), params, and the scalar metrics."""
-    df = study.trials_dataframe(attrs=("number", "state", "value", "values", "params", "user_attrs", "duration"), multi_index=False)
+    value_attr = "value" if len(study.directions) == 1 else "values"
+    df = study.trials_dataframe(attrs=("number", "state", value_attr, "params", "user_attrs", "duration"), multi_index=False)
     keep = ["number", "state"] + [c for c in df.columns if c == "value" or c.startswith("values_")]
     keep += [c for c in df.columns if c.startswith("params_")]
     keep += [f"user_attrs_{m}" for m in METRIC_COLUMNS if f"user_attrs_{m}" in df.columns]

@@ -1,0 +1,247 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from agesearch.search.cli import main
+from agesearch.search.train_config import TrainConfig
+from agesearch.spaces import SPACES
+from agesearch.models import ModelConfig
+
+TINY_RUN = ["--epochs", "2", "--image-size", "32", "--limit", "300"]
+USER_ATTRS = {"model_config", "train_config", "objective", "val_age_mae", "val_gender_accuracy", "best_epoch", "epochs_run", "seconds", "params", "history"}
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def load(study: str, root: Path) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{root / 'studies' / (study + '.db')}")
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, synthetic_dir):
+    """One end-to-end search: 3 trials of the arch space, 2 epochs, 32 px, on synthetic data."""
+    root = tmp_path_factory.mktemp("e2e")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        code = main(["run", "--space", "arch", "--n-trials", "3", *TINY_RUN])
+    finally:
+        os.chdir(cwd)
+    assert code == 0
+    return root
+
+
+def test_run_writes_trials_with_curves_and_attrs_to_sqlite(finished_study):
+    db = finished_study / "studies" / "arch.db"
+    assert db.is_file()
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    study = load("arch", finished_study)
+    assert len(study.trials) == 3
+    meta = study.user_attrs["agesearch"]
+    assert meta["image_size"] == 32 and meta["images"] == 300 and meta["split"] == [0.7, 0.15, 0.15]
+    assert meta["space"] == "arch" and len(meta["fingerprint"]) == 16
+    for t in study.trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert len(t.intermediate_values) >= 1
+        assert list(t.intermediate_values) == list(range(len(t.intermediate_values)))
+        assert USER_ATTRS <= set(t.user_attrs) or t.state == TrialState.PRUNED
+        assert len(t.user_attrs["history"]["val_age_mae"]) == len(t.intermediate_values)
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(min(t.intermediate_values.values()))
+
+
+def test_run_keeps_only_the_best_model(finished_study):
+    folder = finished_study / "studies" / "arch"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.json", "best.keras"]
+    model = keras.saving.load_model(folder / "best.keras")
+    assert model.output_names == ["age", "gender"] and model.input_shape == (None, 32, 32, 3)
+
+
+def test_run_resumes_to_the_total_keeping_finished_trials(finished_study, capsys, monkeypatch):
+    monkeypatch.chdir(finished_study)
+    before = {t.number: (t.params, t.value) for t in load("arch", finished_study).trials}
+    code, out, _ = run_cli(["run", "--space", "arch", "--n-trials", "4", *TINY_RUN], capsys)
+    assert code == 0
+    assert "3 finished, 1 to run" in out
+    trials = load("arch", finished_study).trials
+    assert len(trials) == 4
+    assert {t.number: (t.params, t.value) for t in trials[:3]} == before
+    # Already at the total: nothing more runs.
+    code, out, _ = run_cli(["run", "--space", "arch", "--n-trials", "4", *TINY_RUN], capsys)
+    assert code == 0 and "4 finished, 0 to run" in out and len(load("arch", finished_study).trials) == 4
+
+
+def test_run_prints_one_progress_line_per_trial(tmp_path, capsys, monkeypatch, synthetic_dir):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(["run", "--space", "train", "--n-trials", "2", "--epochs", "1", "--image-size", "32", "--limit", "150"], capsys)
+    assert code == 0
+    lines = [l for l in out.splitlines() if l.startswith("trial ")]
+    assert len(lines) == 2
+    assert lines[0].split()[:3] == ["trial", "0", "COMPLETE"] and "best" in lines[0]
+
+
+def test_report_summarises_the_study(finished_study, capsys, monkeypatch):
+    monkeypatch.chdir(finished_study)
+    code, out, _ = run_cli(["report", "--study", "arch"], capsys)
+    assert code == 0
+    study = load("arch", finished_study)
+    best = study.best_trial
+    assert f"study arch: {len(study.trials)} trials" in out
+    assert f"#{best.number} value {best.value:.4f}" in out
+    assert "top 10:" in out and "val_age_mae" in out
+
+
+def test_run_resume_with_other_image_size_fails_cleanly(finished_study, capsys, monkeypatch):
+    monkeypatch.chdir(finished_study)
+    n = len(load("arch", finished_study).trials)
+    code, _, err = run_cli(["run", "--space", "arch", "--n-trials", "9", "--epochs", "2", "--image-size", "48", "--limit", "300"], capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "study 'arch' was made with other settings (image_size: study has 32, this run 48)" in err
+    assert len(load("arch", finished_study).trials) == n
+
+
+def test_run_multi_objective_makes_a_two_direction_study(tmp_path, capsys, monkeypatch, synthetic_dir):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(["run", "--space", "arch", "--objective", "multi", "--n-trials", "2", "--epochs", "1", "--image-size", "32", "--limit", "150", "--study", "pareto"], capsys)
+    assert code == 0
+    study = load("pareto", tmp_path)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
+    assert "Pareto front" in out
+
+
+def test_run_failing_trials_are_marked_fail_and_the_study_goes_on(tmp_path, capsys, monkeypatch, synthetic_dir):
+    def exploding(trial, image_size):
+        trial.suggest_int("k", 0, 3)
+        model = ModelConfig(image_size=image_size, shared_blocks=1, age_blocks=1, gender_blocks=1, filters=(8, 16), block_order="conv_relu")
+        return model, TrainConfig(optimizer="sgd", learning_rate=1e12, age_loss="mse")
+
+    monkeypatch.setitem(SPACES, "exploding", exploding)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(["run", "--space", "exploding", "--n-trials", "2", "--epochs", "2", "--image-size", "32", "--limit", "150"], capsys)
+    assert code == 0
+    trials = load("exploding", tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("NaN or infinite" in t.user_attrs["fail_reason"] for t in trials)
+    assert out.count(" FAIL ") == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "{tmp}/nowhere"], r"data folder not found: .*nowhere"),
+        (["--data", "{tmp}/empty"], r"no UTKFace images in .*empty: no files"),
+        (["--data", "{tmp}/junk"], r"no UTKFace images in .*junk: 2 files, none named"),
+        (["--data", "{tmp}/corrupt"], r"no readable image in .*corrupt: 1 files could not be decoded"),
+        (["--space", "nope"], r"unknown space 'nope'; known spaces: .*arch"),
+        (["--storage", "notadb://x/y"], r"bad storage URL 'notadb://x/y'"),
+        (["--storage", "sqlite:///{tmp}"], r"bad storage URL .* is not a file"),
+        (["--n-trials", "0"], r"argument --n-trials: must be a positive integer, got '0'"),
+        (["--epochs", "two"], r"argument --epochs: must be a positive integer, got 'two'"),
+        (["--image-size", "8"], r"argument --image-size: must be at least 16 pixels, got '8'"),
+        (["--split", "0.5,0.5,0.5"], r"argument --split: must be three fractions"),
+        (["--sampler", "grid"], r"argument --sampler: invalid choice: 'grid'"),
+        (["--objective", "multi", "--pruner", "median"], r"--pruner median cannot be used with --objective multi"),
+        (["--objective", "multi", "--sampler", "cmaes"], r"--sampler cmaes is single-objective"),
+    ],
+)
+def test_run_bad_input_exits_2_with_one_line_and_no_study(tmp_path, capsys, monkeypatch, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "20_0_0_20170101000000000.jpg.chip.jpg").write_bytes(b"broken")
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--space", "arch", "--n-trials", "1", "--epochs", "1", "--image-size", "32", "--limit", "100"]
+    argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agesearch")
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert not (tmp_path / "studies").exists() or not any((tmp_path / "studies").glob("*.db"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--study", "ghost"], r"no study database at studies/ghost.db"),
+        (["--storage", "bogus"], r"bad storage URL 'bogus'"),
+    ],
+)
+def test_report_missing_study_exits_2(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["report", *args], capsys)
+    assert code == 2
+    assert __import__("re").search(message, err.strip()) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "studies").exists()
+
+
+def test_spaces_lists_every_space_with_ranges(capsys):
+    code, out, _ = run_cli(["spaces", "--image-size", "64"], capsys)
+    assert code == 0
+    for name in ("arch:", "train:", "full:"):
+        assert name in out
+    assert "depth              3..6" in out
+    assert "block_order        one of conv_bn_relu, conv_relu_bn, conv_relu" in out
+    assert "learning_rate      0.0001..0.01 (log)" in out
+
+
+def test_console_script_help_and_bad_space():
+    exe = Path(sys.executable).parent / "agesearch"
+    done = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--n-trials" in done.stdout and "--space" in done.stdout
+    done = subprocess.run([exe, "run", "--space", "nope", "--data", "/nonexistent"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("agesearch: error: unknown space 'nope'")
+
+
+JAX_RUN = textwrap.dedent(
+    """
+    import sys
+
+    class NoTensorFlow:  # behave as a machine without TensorFlow installed
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorflow" or name.startswith("tensorflow."):
+                raise ImportError("TensorFlow is not installed here")
+
+    sys.meta_path.insert(0, NoTensorFlow())
+    from agesearch.search.cli import main
+    code = main(["run", "--space", "arch", "--n-trials", "1", "--epochs", "1", "--image-size", "32", "--limit", "120"])
+    import keras
+    print("BACKEND", keras.backend.backend(), "TF", "tensorflow" in sys.modules)
+    sys.exit(code)
+    """
+)
+
+
+def test_run_on_jax_backend_without_tensorflow(tmp_path, synthetic_dir):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", JAX_RUN], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "BACKEND jax TF False" in done.stdout
+    study = load("arch", tmp_path)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and 0 in trial.intermediate_values
