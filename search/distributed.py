@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -419,7 +420,11 @@ def drive(
             progress(line)
 
     def launch() -> None:
-        trial = _retry(lambda a: study.ask(), "ask")
+        with warnings.catch_warnings():
+            # The CLI's storage has heartbeats for the sequential path; ask/tell trials have
+            # none, and a dead worker is handled here instead (Optuna warns about exactly that).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = _retry(lambda a: study.ask(), "ask")
         try:
             payload = sample(trial)
         except Exception as e:  # a space that cannot sample: the trial fails, the search goes on
@@ -498,7 +503,7 @@ def drive(
             out_of_time = timeout is not None and time.monotonic() - start > timeout
             while not out_of_time and len(running) < workers and finished + len(running) < n_trials:
                 launch()
-                show()
+            show()
             if not running:
                 break
             ready, _ = ray.wait([take_ref, *running], num_returns=1, timeout=None)

@@ -1,0 +1,306 @@
+"""Distributed search on Ray: parallel trials, the cluster path, faults, storage under load.
+
+CPU only, synthetic faces at 32 px. Ray start-up is slow, so the in-process tests share one
+local runtime (module fixture); the driver-kill and cluster tests run the CLI as a subprocess
+in its own session (process group), and end only the processes of that session: never
+`ray stop`, which would end every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+pytest.importorskip("ray")
+
+from agesearch.search import study as st  # noqa: E402
+from agesearch.search.cli import main  # noqa: E402
+from agesearch.search.distributed import drive, sleep_work  # noqa: E402
+
+AGESEARCH = [sys.executable, "-m", "agesearch.search.cli"]
+TINY = ["--space", "arch", "--epochs", "2", "--image-size", "32", "--limit", "160", "--synthetic-count", "200", "--sampler", "random"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray runtime for the in-process tests; `run_distributed` uses it as it is."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def _study(url: str, name: str = "arch") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=st.open_storage(url, heartbeat=False, create_dirs=False))
+
+
+def _overlap(trials) -> bool:
+    """At least two trials were running at the same time."""
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid`: what one `ray start` / one CLI run started."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid and int(entry) != os.getpid():
+                    os.kill(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _integrity(db: Path) -> str:
+    with sqlite3.connect(db) as con:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_run_workers_2_runs_trials_at_once(ray_local, in_tmp, capsys):
+    assert main(["run", *TINY, "--n-trials", "4", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    study = _study("sqlite:///studies/arch.db")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert _overlap(trials)
+    # Learning curves reached the study from the workers, one value per epoch.
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 4  # a fresh process per trial
+    assert (in_tmp / "studies" / "arch" / "best.keras").is_file()
+    assert "4/4 finished: 4 complete, 0 pruned, 0 failed, 0 running" in out
+
+
+def test_run_worker_killed_mid_trial_is_failed_and_retried(ray_local, in_tmp, capsys):
+    url = "sqlite:///studies/arch.db"
+    killed: list[tuple[int, int]] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                running = _study(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            except Exception:  # the study is not made yet
+                continue
+            for t in running:
+                if "worker" in t.user_attrs:
+                    os.kill(t.user_attrs["worker"]["pid"], signal.SIGKILL)
+                    killed.append((t.number, t.user_attrs["worker"]["pid"]))
+                    return
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    assert main(["run", *TINY, "--n-trials", "3", "--workers", "2", "--epochs", "1"]) == 0
+    thread.join()
+    assert killed, "no worker was found to kill"
+    number = killed[0][0]
+    study = _study(url)
+    trials = study.get_trials()
+    failed = trials[number]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"].startswith("worker died: ")
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert retry.user_attrs["retry_count"] == 1 and retry.state == TrialState.COMPLETE
+    assert retry.params == failed.params
+    assert st.finished_count(study) == 3
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert "its parameters are enqueued again" in capsys.readouterr().out
+
+
+def test_drive_storage_under_load_loses_nothing(ray_local, tmp_path):
+    """16 trials at once, 5 reports each, a few hundred trials, while another process reads."""
+    db = tmp_path / "load.db"
+    url = f"sqlite:///{db}"
+    study = optuna.create_study(study_name="load", storage=st.open_storage(url, heartbeat=False), pruner=optuna.pruners.NopPruner())
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib, optuna\n"
+            "from agesearch.search.study import open_storage\n"
+            "s = optuna.load_study(study_name='load', storage=open_storage(sys.argv[1], heartbeat=False))\n"
+            "reads = errors = 0\n"
+            "while not pathlib.Path(sys.argv[2]).exists():\n"
+            "    try:\n"
+            "        s.get_trials(deepcopy=False); reads += 1\n"
+            "    except Exception as e:\n"
+            "        errors += 1; print(repr(e), file=sys.stderr)\n"
+            "    time.sleep(0.05)\n"
+            "print(reads, errors)\n",
+            url,
+            str(stop),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    n = 240
+    stats = drive(
+        study,
+        sample=lambda t: {"x": t.suggest_float("x", 0.0, 1.0), "steps": 5, "seconds": 0.01},
+        work=sleep_work,
+        data=None,
+        n_trials=n,
+        workers=16,
+        cpus_per_trial=0.1,
+        fresh_process=False,  # measures the driver and the storage, not process start-up
+        progress=lambda line: None,
+    )
+    stop.touch()
+    reads, errors = map(int, reader.communicate(timeout=60)[0].split())
+    trials = study.get_trials()
+    assert (stats.complete, stats.failed, stats.reports) == (n, 0, 5 * n)
+    assert len(trials) == n and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(sorted(t.intermediate_values) == [0, 1, 2, 3, 4] for t in trials)
+    assert reads > 10 and errors == 0
+    assert len({t.user_attrs["pid"] for t in trials}) > 1  # the trials really ran side by side
+    assert _integrity(db) == "ok"
+
+
+def test_drive_stale_running_trials_are_failed_and_retried(ray_local, tmp_path):
+    url = f"sqlite:///{tmp_path / 'stale.db'}"
+    study = optuna.create_study(study_name="stale", storage=st.open_storage(url, heartbeat=False))
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # left RUNNING by "a dead driver"
+    stats = drive(
+        study,
+        sample=lambda t: {"x": t.suggest_float("x", 0.0, 1.0), "steps": 2},
+        work=sleep_work,
+        data=None,
+        n_trials=3,
+        workers=2,
+        cpus_per_trial=0.1,
+        fresh_process=False,
+        progress=lambda line: None,
+    )
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert "left RUNNING" in trials[dead.number].user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+    assert retry.params == trials[dead.number].params and retry.state == TrialState.COMPLETE
+    assert st.finished_count(study) == 3 and stats.complete == 3
+
+
+def test_drive_crashing_worker_is_retried_up_to_max_retries(ray_local, tmp_path):
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    study = optuna.create_study(study_name="crash", storage=st.open_storage(url, heartbeat=False))
+    stats = drive(
+        study,
+        sample=lambda t: {"x": t.suggest_float("x", 0.0, 1.0), "steps": 1, "crash": True},
+        work=sleep_work,
+        data=None,
+        n_trials=1,
+        workers=1,
+        cpus_per_trial=0.1,
+        max_retries=2,
+        progress=lambda line: None,
+    )
+    trials = study.get_trials()
+    # The first try and two retries, all with the same params; only the last one counts.
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    assert [t.user_attrs.get("retry_count") for t in trials] == [None, 1, 2]
+    assert len({t.params["x"] for t in trials}) == 1
+    assert all(t.user_attrs["fail_reason"].startswith("worker died: ") for t in trials)
+    assert stats.retried == 2
+
+
+def test_run_driver_killed_mid_search_resumes_to_the_count(tmp_path, cache_dir):
+    db = tmp_path / "studies" / "arch.db"
+    cmd = [*AGESEARCH, "run", *TINY, "--n-trials", "4", "--workers", "2"]
+    env = dict(os.environ, AGESEARCH_CACHE_DIR=str(cache_dir))
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before: dict[int, float] = {}
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.3)
+            if not db.exists():
+                continue
+            try:
+                trials = _study(f"sqlite:///{db}").get_trials()
+            except Exception:
+                continue
+            if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
+                first.send_signal(signal.SIGKILL)  # the driver only, as if its machine lost it
+                before = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
+                break
+        assert before, "the driver was not caught mid-search"
+        first.wait(timeout=30)
+    finally:
+        _kill_session(first.pid)  # what Ray's reaper did not end of that run's runtime
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "left RUNNING by an earlier run" in second.stdout
+    study = _study(f"sqlite:///{db}")
+    trials = study.get_trials()
+    assert st.finished_count(study) == 4
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number, value in before.items():  # nothing finished was lost or changed
+        assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
+    assert len({t.number for t in trials}) == len(trials)
+    stale = [t for t in trials if "left RUNNING" in t.user_attrs.get("fail_reason", "")]
+    assert stale and all(any(r.user_attrs.get("retry_of") == t.number for r in trials) for t in stale)
+    assert _integrity(db) == "ok"
+
+
+@pytest.fixture
+def ray_cluster():
+    """`ray start --head` on loopback with its own port, temp dir and token; ended by session.
+
+    The short temp dir keeps Ray's socket paths under the Unix limit. HOME is a temp folder
+    holding a fresh auth token, so the cluster runs with token authentication as on a user's
+    machine and the test never touches the real ~/.ray.
+    """
+    root = Path(tempfile.mkdtemp(prefix="asray", dir="/tmp"))
+    home = root / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home))
+    env.pop("RAY_AUTH_MODE", None)
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    port = _free_port()
+    start = subprocess.Popen(
+        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+         "--temp-dir", str(root / "t"), "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        out = start.communicate(timeout=90)[0]
+        assert start.returncode == 0, out[-2000:]
+        yield f"127.0.0.1:{port}", env, root
+    finally:
+        _kill_session(start.pid)  # gcs, raylet, its workers: all in the session of `ray start`
+
+
+def test_run_joins_a_ray_cluster_by_address(ray_cluster, tmp_path, cache_dir):
+    address, env, root = ray_cluster
+    env = dict(env, AGESEARCH_CACHE_DIR=str(cache_dir))
+    result = subprocess.run(
+        [*AGESEARCH, "run", *TINY, "--n-trials", "2", "--epochs", "1", "--address", address],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"ray: Ray cluster at {address} with 2 CPUs" in result.stdout
+    study = _study(f"sqlite:///{tmp_path / 'studies' / 'arch.db'}")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    # The workers were the cluster's: their logs are in its temp dir.
+    assert list((root / "t").glob("session_*/logs/worker-*.out"))
