@@ -199,7 +199,6 @@ def ablation_tables(study: optuna.Study) -> dict[str, pd.DataFrame]:
             "acc": [t.user_attrs.get("val_gender_accuracy", math.nan) if t.state == TrialState.COMPLETE else math.nan for t in trials],
         }
     )
-    name = objective_of(study)[1]
     tables: dict[str, pd.DataFrame] = {}
     for knob, (values, kind) in _knob_series(study, trials).items():
         df = base.assign(value=_bucket(values, kind).values)
@@ -267,7 +266,7 @@ def terminal_tables(study: optuna.Study, tables: dict[str, pd.DataFrame]) -> str
     name = objective_of(study)[1]
     parts = [f"ablations: per value of each knob, finished trials; best and median {name}, median val age MAE (years) and gender accuracy of the complete ones"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        for knob, table in tables.items():
+        for table in tables.values():
             parts.append(table.to_string())
             parts.append("")
     return "\n".join(parts).rstrip()
@@ -359,7 +358,7 @@ def _best_trial_curves(trial: FrozenTrial, section: Section) -> None:
     h = trial.user_attrs.get("history") or {}
     panels = [("loss", "loss", "val_loss"), ("age MAE (years)", "age_mae", "val_age_mae"), ("gender accuracy", "gender_accuracy", "val_gender_accuracy")]
     fig = make_subplots(rows=1, cols=3, subplot_titles=[p[0] for p in panels], horizontal_spacing=0.07)
-    for col, (title, train_key, val_key) in enumerate(panels, start=1):
+    for col, (_, train_key, val_key) in enumerate(panels, start=1):
         for key, label, color in ((train_key, "train", "#1f77b4"), (val_key, "val", "#ff7f0e")):
             ys = h.get(key) or []
             fig.add_trace(go.Scatter(x=list(range(len(ys))), y=ys, mode="lines+markers", name=label, line=dict(color=color), legendgroup=label, showlegend=col == 1), row=1, col=col)
@@ -425,10 +424,14 @@ def predictions_section(study: optuna.Study, section: Section, models_dir: Path 
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     import keras
 
-    model = keras.saving.load_model(models_dir / BEST_MODEL, compile=False)
     val = split.val
     images = ds.images[val]
-    out = model.predict(images, batch_size=128, verbose=0)
+    try:
+        model = keras.saving.load_model(models_dir / BEST_MODEL, compile=False)
+        out = model.predict(images, batch_size=128, verbose=0)
+    except Exception as e:  # a file from another Keras version or a half-copied one: the rest of the report stands
+        section.note(f"cannot use {models_dir / BEST_MODEL}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return None
     scale = float(meta["baselines"]["age_scale"])
     pred_age = np.asarray(out["age"], dtype=float).reshape(-1) * scale
     p_female = np.asarray(out["gender"], dtype=float).reshape(-1)
@@ -659,7 +662,12 @@ def build_report(study: optuna.Study, *, models_dir: Path | None = None, predict
     # Optuna lays every slice out in one row of fixed width; in rows of SLICE_ROW they fit the page.
     for i in range(0, len(params), SLICE_ROW):
         chunk = params[i : i + SLICE_ROW]
-        made = _try_plot(sections["slice"], lambda: viz.plot_slice(study, params=chunk, **kw).update_layout(width=None, autosize=True, title_text="" if i else "Slice Plot"), f"plot-slice-{i // SLICE_ROW}", 340)
+        made = _try_plot(
+            sections["slice"],
+            lambda chunk=chunk, first=i == 0: viz.plot_slice(study, params=chunk, **kw).update_layout(width=None, autosize=True, title_text="Slice Plot" if first else ""),
+            f"plot-slice-{i // SLICE_ROW}",
+            340,
+        )
         if not made:
             break
     top2 = [k for k, _ in sorted(importances.items(), key=lambda kv: -kv[1])][:2]

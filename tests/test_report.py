@@ -11,7 +11,6 @@ import math
 import re
 import time
 from html.parser import HTMLParser
-from pathlib import Path
 
 import optuna
 import pytest
@@ -107,7 +106,7 @@ def test_report_csv_has_one_row_per_trial(report):
     trials = report["study"].trials
     assert [int(r["number"]) for r in rows] == [t.number for t in trials]
     assert [r["state"] for r in rows] == [t.state.name for t in trials]
-    for r, t in zip(rows, trials):
+    for r, t in zip(rows, trials, strict=True):
         if t.state == TrialState.COMPLETE:
             assert float(r["value"]) == pytest.approx(t.value)
             assert float(r["user_attrs_val_age_mae"]) == pytest.approx(t.user_attrs["val_age_mae"])
