@@ -1,0 +1,35 @@
+"""Append a benchmark's numbers, with its command and machine, to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'tensorflow')}"
+
+
+def record(title: str, lines: list[str]) -> None:
+    """Print the lines and append them as a section of RESULTS.md."""
+    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join([f"## {title} ({stamp})", "", f"- command: `{command}`", f"- machine: {machine()}", *[f"- {l}" for l in lines], "", ""])
+    print(text)
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nEvery section was written by the script named in its command line.\n\n")
+    with RESULTS.open("a") as f:
+        f.write(text)
