@@ -154,6 +154,60 @@ def build_parser() -> Parser:
 
     sp = sub.add_parser("spaces", help="list the search spaces with their parameters and ranges")
     sp.add_argument("--image-size", type=image_size, default=128, help="ranges that depend on the image size are shown for this size")
+
+    # From the best trial to a model (search/export.py, search/evaluate.py, search/datacheck.py).
+    data = sub.add_parser("data", help="inspect a folder of images: `agesearch data check --data DIR`")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser, metavar="SUBCOMMAND")
+    chk = data_sub.add_parser(
+        "check",
+        help="images, malformed names, unreadable files, histograms, near-duplicate pairs",
+        description="Check a folder of UTKFace-named images: counts, malformed names, unreadable files, age/gender/race "
+        "histograms, and near-duplicate pairs (perceptual hash) with their labels, disagreeing labels flagged.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    chk.add_argument("--data", required=True, help="folder of AGE_GENDER_RACE_DATETIME.jpg.chip.jpg images, or 'synthetic'")
+    chk.add_argument("--image-size", type=image_size, default=128, help="images are decoded at this size (as `agesearch run` does) before hashing")
+    chk.add_argument("--limit", type=positive_int, help="check only this many images (a seeded random subset)")
+    chk.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    chk.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)")
+
+    ex = sub.add_parser(
+        "export",
+        help="retrain the best (or a chosen) trial, save a .keras model and a JSON card, print test metrics",
+        description="Rebuild a trial's configs, retrain on the study's train split (val for early stopping), save an "
+        "inference model (age in years, P(female)) as .keras plus a JSON model card next to it, and print the "
+        "test-split metrics. Default trial: the best one (multi-objective: the lowest combined objective on the Pareto front).",
+    )
+    ex.add_argument("--study", required=True, help="study name")
+    ex.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    ex.add_argument("--trial", type=int, help="trial number to export (default: the best)")
+    ex.add_argument("--epochs", type=positive_int, help="most epochs (default: the trial's); with --refit-on-train-val, exactly this many")
+    ex.add_argument("--out", type=Path, help="model file (default: studies/<study>/model.keras); the card goes next to it as .json")
+    ex.add_argument("--refit-on-train-val", action="store_true", help="train on train+val for the trial's best epoch count (best_epoch+1), no early stopping")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation and shuffling")
+    ex.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="age MAE (overall, per decade), gender accuracy and confusion of a model on a folder",
+        description="Score a saved model on any folder of UTKFace-named images (any pixel size, resized to the model's "
+        "input); malformed names and unreadable files are skipped and counted.",
+    )
+    ev.add_argument("--model", type=Path, required=True, help=".keras model file (from `agesearch export`)")
+    ev.add_argument("--data", required=True, help="folder of AGE_GENDER_RACE_DATETIME.jpg.chip.jpg images, or 'synthetic'")
+    ev.add_argument("--limit", type=positive_int, help="use only this many images (a seeded random subset)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object (n, age_mae, gender_accuracy, per_decade_mae, confusion, skipped)")
+    ev.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)")
+
+    pr = sub.add_parser(
+        "predict",
+        help="predicted age and gender (with its probability) per image",
+        description="Predict age (years) and gender for each image. An unreadable or missing file gets one error line "
+        "on stderr and the others are still predicted; the exit code is then 1.",
+    )
+    pr.add_argument("--model", type=Path, required=True, help=".keras model file (from `agesearch export`)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files, any size (resized to the model's input)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per image")
     return p
 
 
@@ -173,6 +227,22 @@ def main(argv: list[str] | None = None) -> int:
             from agesearch.search.dashboard import cmd_dashboard
 
             return cmd_dashboard(args)
+        if args.command == "data":
+            from agesearch.search.datacheck import cmd_data_check
+
+            return cmd_data_check(args)
+        if args.command == "export":
+            from agesearch.search.export import cmd_export
+
+            return cmd_export(args)
+        if args.command == "evaluate":
+            from agesearch.search.evaluate import cmd_evaluate
+
+            return cmd_evaluate(args)
+        if args.command == "predict":
+            from agesearch.search.evaluate import cmd_predict
+
+            return cmd_predict(args)
         return cmd_spaces(args)
     except UsageError as e:
         print(f"agesearch: error: {e}", file=sys.stderr)
@@ -209,7 +279,8 @@ def _pruner(name: str, epochs: int):
 
 def load_data(args):
     """Load and split the data; prints one progress line; raises UsageError for bad input."""
-    from agesearch.search.data import DataError, load_faces, split_indices
+    from agesearch.search.data import DataError, load_faces
+    from agesearch.search.duplicates import split_faces
     from agesearch.search.study_data import data_folder
     from agesearch.search.training import TrainingData  # imports Keras
 
@@ -221,7 +292,8 @@ def load_data(args):
             ds = load_faces(folder, args.image_size, limit=args.limit, seed=args.seed, cache_dir=args.cache_dir, progress=lambda m: print(m, flush=True))
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        split = split_indices(len(ds), args.split, seed=args.seed)
+        # Near-duplicate photos stay on one side, so val and test never hold a copy of a train image.
+        split = split_faces(ds, args.split, seed=args.seed, cache_dir=args.cache_dir)
     except DataError as e:
         raise UsageError(str(e)) from None
     print(
@@ -271,6 +343,7 @@ def cmd_run(args) -> int:
         "images": len(ds),
         "image_size": args.image_size,
         "split": list(args.split),
+        "split_method": "grouped-phash",  # studies without this key used data.split_indices
         "seed": args.seed,
         "split_sizes": [len(split.train), len(split.val), len(split.test)],
         "baselines": {"median_age": b.median_age, "majority_gender": b.majority_gender, "mae_trivial": b.mae_trivial, "error_trivial": b.error_trivial, "age_scale": b.age_scale},

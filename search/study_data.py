@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agesearch.search.data import DataError, FaceDataset, Split, load_faces, split_indices
+from agesearch.search.duplicates import SPLIT_METHOD, split_faces
 from agesearch.search.synthetic import synthetic_folder
 
 
@@ -26,4 +27,7 @@ def study_dataset(meta: dict, *, cache_dir: Path | None = None) -> tuple[FaceDat
     ds = load_faces(folder, meta["image_size"], limit=meta.get("limit"), seed=meta["seed"], cache_dir=cache_dir)
     if ds.fingerprint != meta["fingerprint"]:
         raise DataError(f"the images in {folder} changed since the study was run (fingerprint {ds.fingerprint} != {meta['fingerprint']})")
+    if meta.get("split_method") == SPLIT_METHOD:
+        return ds, split_faces(ds, tuple(meta["split"]), seed=meta["seed"], cache_dir=cache_dir)
+    # Studies made before the grouped split keep the plain seeded split they were searched on.
     return ds, split_indices(len(ds), tuple(meta["split"]), seed=meta["seed"])
