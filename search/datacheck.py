@@ -96,6 +96,8 @@ def _duplicates_dict(ds: FaceDataset, dups: Duplicates) -> dict:
     return {
         "threshold_bits": dups.threshold,
         "min_correlation": dups.min_correlation,
+        "max_colour_diff": dups.max_colour_diff,
+        "largest_group": dups.largest_group,
         "n_pairs": len(table),
         "groups": dups.n_groups_with_copies,
         "images_in_groups": dups.n_images_in_groups,
@@ -130,17 +132,18 @@ def format_check(r: CheckResult, *, shown: int = SHOWN_PAIRS) -> str:
             lines.append(f"    {key:>8} {count:>6} {share:5.1f} %  {_bar(count, most)}")
     d = r.duplicates
     lines.append(
-        f"  near-duplicates (pHash <= {d['threshold_bits']} of 64 bits and thumbnail correlation >= {d['min_correlation']:.2f}): "
-        f"{d['n_pairs']} pair(s) in {d['groups']} group(s), {d['images_in_groups']} images; "
+        f"  near-duplicates (pHash <= {d['threshold_bits']} of 64 bits, grey correlation >= {d['min_correlation']:.2f}, "
+        f"colour difference <= {d['max_colour_diff']:g}): {d['n_pairs']} pair(s) in {d['groups']} group(s), "
+        f"{d['images_in_groups']} images, largest group {d['largest_group']}; "
         f"{d['disagreeing']} pair(s) with disagreeing labels ({d['disagreeing_age']} age, {d['disagreeing_gender']} gender)"
     )
     if d["pairs"]:
-        lines.append(f"    {'':9} {'bits':>4} {'corr':>6}  {'image a (age/gender/race)':<52} image b (age/gender/race)")
+        lines.append(f"    {'':9} {'bits':>4} {'corr':>6} {'diff':>5}  {'image a (age/gender/race)':<52} image b (age/gender/race)")
     for p in d["pairs"][:shown]:
         flag = "DISAGREE" if p["disagree"] else "same"
         a = f"{p['name_a']} ({p['age_a']}/{GENDERS[p['gender_a']][0].upper()}/{p['race_a']})"
         b = f"{p['name_b']} ({p['age_b']}/{GENDERS[p['gender_b']][0].upper()}/{p['race_b']})"
-        lines.append(f"    {flag:<9} {p['distance']:>4} {p['correlation']:>6.3f}  {a:<52} {b}")
+        lines.append(f"    {flag:<9} {p['distance']:>4} {p['correlation']:>6.3f} {p['colour_diff']:>5.1f}  {a:<52} {b}")
     if len(d["pairs"]) > shown:
         lines.append(f"    ... {len(d['pairs']) - shown} more pair(s) (--json lists them all)")
     lines.append(

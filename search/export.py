@@ -1,0 +1,248 @@
+"""`agesearch export`: from a study's best (or chosen) trial to a saved, evaluated model.
+
+The trial's configs are rebuilt from its user attrs, the model is retrained on the study's own
+data and split (reloaded from the study's metadata), wrapped as an inference model (age in
+years, P(female); models/inference.py) and saved as `.keras`, with a JSON model card next to
+it. The test split, which the search never saw, gives the reported metrics.
+
+Retraining rather than copying `best.keras`: the search keeps only the best model *so far* of
+the combined objective, none for a chosen trial, and none when trials ran on other machines;
+retraining from the configs works for any finished trial and can fold val into training
+(`--refit-on-train-val`, for the epoch count early stopping found).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.keras"
+
+
+def _versions() -> dict:
+    """Versions that decide whether the file loads and computes the same elsewhere."""
+    from importlib import metadata
+
+    import keras
+
+    backend = keras.backend.backend()
+    out = {"python": platform.python_version(), "keras": keras.__version__, "backend": backend, "numpy": np.__version__}
+    for dist in ("agesearch", "optuna", {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)):
+        if dist is None:
+            continue
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            if dist == "tensorflow":  # tensorflow-cpu installs the module under another name
+                try:
+                    out[dist] = metadata.version("tensorflow-cpu")
+                except metadata.PackageNotFoundError:
+                    pass
+    return out
+
+
+def open_study(study_name: str, storage_url: str | None):
+    """Load a finished study read-only (no heartbeats: a live search's trials are never failed)."""
+    import optuna
+
+    from agesearch.search import study as st
+    from agesearch.search.cli import UsageError
+
+    url = storage_url or st.default_storage(study_name)
+    try:
+        st.check_storage_url(url)
+        path = st.sqlite_path(url)
+        if path is not None and not path.is_file():
+            raise UsageError(f"no study database at {path}; run `agesearch run --study {study_name} ...` first")
+        storage = st.open_storage(url, heartbeat=False, create_dirs=False)
+    except st.StorageError as e:
+        raise UsageError(str(e)) from None
+    if not st.study_exists(storage, study_name):
+        names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
+        raise UsageError(f"no study named {study_name!r} in {url} (studies there: {names})")
+    return optuna.load_study(study_name=study_name, storage=storage), url
+
+
+def pick_trial(study, number: int | None):
+    """The chosen trial, or the best: single-objective `best_trial`; multi-objective, the
+    Pareto-front trial with the lowest combined objective (user attr `objective`)."""
+    from optuna.trial import TrialState
+
+    from agesearch.search.cli import UsageError
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and "model_config" in t.user_attrs]
+    if number is not None:
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not found:
+            raise UsageError(f"study {study.study_name!r} has no trial {number} (trials 0-{len(study.trials) - 1})")
+        t = found[0]
+        if t not in complete:
+            raise UsageError(f"trial {number} of study {study.study_name!r} is {t.state.name}, not COMPLETE; only finished trials can be exported")
+        return t
+    if not complete:
+        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to export")
+    if len(study.directions) > 1:
+        front = [t for t in study.best_trials if "objective" in t.user_attrs] or complete
+        return min(front, key=lambda t: (t.user_attrs.get("objective", float("inf")), t.number))
+    return study.best_trial
+
+
+def export_trial(
+    study,
+    trial,
+    out: Path,
+    *,
+    epochs: int | None = None,
+    refit_on_train_val: bool = False,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Retrain `trial`'s configs on the study's data, save model + card, return the card.
+
+    Args:
+        study: the Optuna study (its "agesearch" user attr says which data and split).
+        trial: a COMPLETE FrozenTrial with `model_config` and `train_config` user attrs.
+        out: the .keras file to write; the card goes to the same path with `.json`.
+        epochs: most epochs (default: the trial's); with `refit_on_train_val`, exactly this many
+            (default: the trial's best_epoch + 1).
+        refit_on_train_val: train on train+val with no early stopping.
+        seed: Keras' global seed (weights, shuffling, augmentation).
+        cache_dir: decoded-image cache.
+    """
+    import keras
+
+    from agesearch.models import ModelConfig
+    from agesearch.models.inference import inference_model, load_model
+    from agesearch.search.data import Split
+    from agesearch.search.evaluate import metrics, predict_arrays
+    from agesearch.search.study import META_KEY
+    from agesearch.search.study_data import study_dataset
+    from agesearch.search.train_config import TrainConfig
+    from agesearch.search.training import TrainingData, fit
+
+    meta = study.user_attrs[META_KEY]
+    ds, split = study_dataset(meta, cache_dir=cache_dir)
+    model_cfg = ModelConfig.from_dict(trial.user_attrs["model_config"])
+    train_cfg = TrainConfig(**trial.user_attrs["train_config"])
+    fit_kwargs: dict = {}
+    if refit_on_train_val:
+        n_epochs = epochs or int(trial.user_attrs.get("best_epoch", train_cfg.epochs - 1)) + 1
+        # Val joins train; val is still passed because fit() needs validation data, but with
+        # patience >= epochs early stopping never ends the run.
+        train_cfg = dataclasses.replace(train_cfg, epochs=n_epochs, patience=n_epochs)
+        if "early_stopping" in inspect.signature(fit).parameters:
+            fit_kwargs["early_stopping"] = False
+        fit_split = Split(train=np.sort(np.concatenate([split.train, split.val])), val=split.val, test=split.test)
+    else:
+        train_cfg = dataclasses.replace(train_cfg, epochs=epochs or train_cfg.epochs)
+        fit_split = split
+    data = TrainingData.from_split(ds, fit_split)
+    what = f"train+val ({len(fit_split.train)} images), {train_cfg.epochs} epochs" if refit_on_train_val else (
+        f"train ({len(split.train)} images), val ({len(split.val)}) for early stopping, at most {train_cfg.epochs} epochs"
+    )
+    print(f"export: trial {trial.number} of study {study.study_name}: retraining on {what}", flush=True)
+    keras.utils.set_random_seed(seed)
+    result = fit(model_cfg, train_cfg, data, None, keep_model=True, **fit_kwargs)
+    model = inference_model(result.model, model_cfg, data.baselines.age_scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+
+    test = split.test
+    age, p_female = predict_arrays(model, ds.images[test])
+    test_metrics = metrics(ds.ages[test], ds.genders[test], age, p_female)
+    # Reload the file just written: a model that does not come back the same is not exported.
+    probe = ds.images[test[:16]] if len(test) else ds.images[:16]
+    reloaded = load_model(out)
+    a1, g1 = predict_arrays(model, probe)
+    a2, g2 = predict_arrays(reloaded, probe)
+    reload_diff = float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
+
+    # EarlyStopping restores the epoch with the lowest val objective; only a fit() that can
+    # switch it off keeps the last epoch. With a refit whose fit() cannot, that restored epoch is
+    # chosen on in-sample val data: the card says which epoch it was rather than claim the last.
+    restored = result.epochs_run - 1 if fit_kwargs.get("early_stopping") is False else result.best_epoch
+    card = {
+        "format": "agesearch-model-card/1",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_file": out.name,
+        "outputs": {"age": "years (float)", "gender": "P(female)"},
+        "input": {"image_size": int(meta["image_size"]), "dtype": "RGB, 0-255 (uint8 range); the model rescales"},
+        "study": {"name": study.study_name, "trial": trial.number, "values": trial.values, "objective": trial.user_attrs.get("objective"),
+                  "search_val_age_mae": trial.user_attrs.get("val_age_mae"), "search_val_gender_accuracy": trial.user_attrs.get("val_gender_accuracy"),
+                  "search_best_epoch": trial.user_attrs.get("best_epoch")},
+        "model_config": model_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(),
+        "data": {k: meta.get(k) for k in ("data", "fingerprint", "images", "image_size", "limit", "seed", "split", "split_method", "synthetic_count")}
+        | {"split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
+        "training": {
+            "trained_on": "train+val" if refit_on_train_val else "train",
+            "early_stopping": not refit_on_train_val,
+            "epochs_run": result.epochs_run,
+            "weights_from_epoch": restored,
+            "seconds": round(result.seconds, 2),
+            "seed": seed,
+            "age_scale": data.baselines.age_scale,
+            "params": result.params,
+            "val_age_mae": None if refit_on_train_val else result.val_age_mae,
+            "val_gender_accuracy": None if refit_on_train_val else result.val_gender_accuracy,
+        },
+        "test_metrics": test_metrics,
+        "reload_check_max_abs_diff": reload_diff,
+        "versions": _versions(),
+    }
+    card_path = out.with_suffix(".json")
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=_json_default))
+    os.replace(tmp, card_path)
+    return card
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def cmd_export(args) -> int:
+    """`agesearch export`: retrain, save model + card, print the test-split metrics."""
+    from agesearch.search.artifacts import models_dir
+    from agesearch.search.cli import UsageError
+    from agesearch.search.data import DataError
+    from agesearch.search.evaluate import format_metrics
+    from agesearch.search.study import META_KEY
+
+    study, url = open_study(args.study, args.storage)
+    if not study.user_attrs.get(META_KEY):
+        raise UsageError(f"study {args.study!r} has no agesearch metadata (was it made by `agesearch run`?); its data cannot be found again")
+    trial = pick_trial(study, args.trial)
+    out = args.out or models_dir(url, args.study) / MODEL_FILE
+    if out.suffix != ".keras":
+        raise UsageError(f"--out must end in .keras (Keras 3's format), got {out}")
+    start = time.perf_counter()
+    try:
+        card = export_trial(study, trial, out, epochs=args.epochs, refit_on_train_val=args.refit_on_train_val, seed=args.seed, cache_dir=args.cache_dir)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    t = card["training"]
+    print(f"trained in {t['seconds']:.1f}s ({t['epochs_run']} epochs, weights of epoch {t['weights_from_epoch']}); "
+          f"search's val age MAE {card['study']['search_val_age_mae']}, this run's {t['val_age_mae']}")
+    m = card["test_metrics"]
+    if m["n"]:
+        print(format_metrics(m, f"test split of study {args.study}"))
+    else:
+        print("no test split (its fraction is 0): no test metrics")
+    print(f"model: {out}\ncard:  {out.with_suffix('.json')}  ({time.perf_counter() - start:.1f}s in all)")
+    if card["reload_check_max_abs_diff"] > 1e-3:
+        print(f"agesearch: warning: the reloaded model differs by {card['reload_check_max_abs_diff']:.3g} from the trained one", file=sys.stderr)
+    return 0
