@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from agesearch.models.coral import CoralLogits
 from agesearch.models.config import ModelConfig
 
 
@@ -56,11 +57,20 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     """Build the two-branch CNN described by `cfg`.
 
     The input is a uint8-range RGB image (0..255, any dtype); the model rescales it.
-    Outputs: `age` (1 unit, normalised age, linear or ReLU) and `gender` (1 unit, sigmoid,
-    probability of label 1 = female).
+    Outputs: `age` (regression: 1 unit, normalised age, linear or ReLU; CORAL: one logit per
+    rank threshold) and `gender` (1 unit, sigmoid, probability of label 1 = female).
     """
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if cfg.backbone != "none":
+        from agesearch.models.backbones import backbone_trunk
+
+        net, prep = backbone_trunk(cfg.backbone, cfg.image_size, cfg.backbone_weights)
+        x = prep(inputs) if prep is not None else inputs
+        # Pretrained BatchNorm statistics stay in inference mode, also once unfrozen (the
+        # Keras fine-tuning guide); a randomly initialised backbone trains its BN normally.
+        x = net(x, training=False) if cfg.backbone_weights != "none" else net(x)
+    else:
+        x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for k in range(cfg.shared_blocks):
         x = conv_block(x, cfg.filters[k], cfg, f"shared_block{k + 1}")
 
@@ -74,6 +84,10 @@ def build_model(cfg: ModelConfig) -> keras.Model:
             depth = cfg.shared_blocks + k
             y = conv_block(y, cfg.filters[depth], cfg, f"{branch}_block{k + 1}")
         y = branch_head(y, width, cfg, branch)
-        activation = cfg.age_activation if branch == "age" else "sigmoid"
-        outputs[branch] = layers.Dense(1, activation=activation, name=branch)(y)
+        if branch == "gender":
+            outputs[branch] = layers.Dense(1, activation="sigmoid", name=branch)(y)
+        elif cfg.age_head == "coral":
+            outputs[branch] = CoralLogits(cfg.coral_max_age - cfg.coral_min_age, name=branch)(y)
+        else:
+            outputs[branch] = layers.Dense(1, activation=cfg.age_activation, name=branch)(y)
     return keras.Model(inputs, outputs, name="agesearch_cnn")

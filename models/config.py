@@ -11,6 +11,10 @@ HEADS = ("flatten", "gap")
 AGE_ACTIVATIONS = ("linear", "relu")
 FILTER_ORDERS = ("increasing", "decreasing", "constant")
 KERNEL_SIZES = (3, 5, 7)
+AGE_HEADS = ("regression", "coral")
+# Keras applications usable as the shared trunk, with the smallest input side each accepts.
+BACKBONE_MIN_SIZE = {"resnet50": 32, "mobilenetv3small": 32, "efficientnetb0": 32, "inceptionv3": 75}
+BACKBONES = ("none", *BACKBONE_MIN_SIZE)
 
 
 def _invalid(name: str, rule: str, value: object) -> ValueError:
@@ -62,12 +66,56 @@ class ModelConfig:
     age_dense: int = 128  # width of the age branch's dense layer
     gender_dense: int = 128  # width of the gender branch's dense layer
     l2: float = 0.0  # L2 weight decay on conv and dense kernels
-    age_activation: str = "linear"  # activation of the age output: linear | relu
+    age_activation: str = "linear"  # activation of the regression age output: linear | relu
+    age_head: str = "regression"  # regression (one unit) | coral (ordinal ranks, Cao et al. 2019)
+    coral_min_age: int = 0  # CORAL: the lowest rank (age) ...
+    coral_max_age: int = 116  # ... and the highest; max - min binary rank tasks
+    backbone: str = "none"  # none (the conv blocks above) | a Keras application as the shared trunk
+    backbone_weights: str = "none"  # imagenet | none | path to a weights file of that backbone
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
         if not isinstance(self.image_size, int) or self.image_size < 8:
             raise _invalid("image_size", "must be an integer >= 8", self.image_size)
+        if self.age_head not in AGE_HEADS:
+            raise _invalid("age_head", f"must be one of {AGE_HEADS}", self.age_head)
+        if not 0 <= self.coral_min_age < self.coral_max_age <= 116:
+            raise _invalid("coral_max_age", f"must satisfy 0 <= coral_min_age ({self.coral_min_age}) < coral_max_age <= 116", self.coral_max_age)
+        if self.backbone not in BACKBONES:
+            raise _invalid("backbone", f"must be one of {BACKBONES}", self.backbone)
+        if self.backbone != "none":
+            self._check_backbone()
+        else:
+            self._check_blocks()
+        for name, allowed in (
+            ("block_order", BLOCK_ORDERS),
+            ("pooling", POOLINGS),
+            ("head", HEADS),
+            ("age_activation", AGE_ACTIVATIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise _invalid(name, f"must be one of {allowed}", getattr(self, name))
+        for name in ("block_dropout", "dense_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise _invalid(name, "must be in [0, 1)", value)
+        for name in ("age_dense", "gender_dense"):
+            if getattr(self, name) < 1:
+                raise _invalid(name, "must be >= 1", getattr(self, name))
+        if self.l2 < 0:
+            raise _invalid("l2", "must be >= 0", self.l2)
+
+    def _check_backbone(self) -> None:
+        for name in ("shared_blocks", "age_blocks", "gender_blocks"):
+            if getattr(self, name) != 0:
+                raise _invalid(name, f"must be 0 with backbone={self.backbone!r} (the backbone is the trunk)", getattr(self, name))
+        if self.filters:
+            raise _invalid("filters", f"must be empty with backbone={self.backbone!r}", self.filters)
+        smallest = BACKBONE_MIN_SIZE[self.backbone]
+        if self.image_size < smallest:
+            raise _invalid("image_size", f"must be >= {smallest} for backbone={self.backbone!r}", self.image_size)
+
+    def _check_blocks(self) -> None:
         if self.shared_blocks < 0:
             raise _invalid("shared_blocks", "must be >= 0", self.shared_blocks)
         for name in ("age_blocks", "gender_blocks"):
@@ -89,23 +137,6 @@ class ModelConfig:
             raise _invalid("filters", "must all be >= 1", self.filters)
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise _invalid("kernel_size", "must be an odd integer >= 1", self.kernel_size)
-        for name, allowed in (
-            ("block_order", BLOCK_ORDERS),
-            ("pooling", POOLINGS),
-            ("head", HEADS),
-            ("age_activation", AGE_ACTIVATIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise _invalid(name, f"must be one of {allowed}", getattr(self, name))
-        for name in ("block_dropout", "dense_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise _invalid(name, "must be in [0, 1)", value)
-        for name in ("age_dense", "gender_dense"):
-            if getattr(self, name) < 1:
-                raise _invalid(name, "must be >= 1", getattr(self, name))
-        if self.l2 < 0:
-            raise _invalid("l2", "must be >= 0", self.l2)
 
     @property
     def depth(self) -> int:

@@ -108,6 +108,7 @@ def build_parser() -> Parser:
     r.add_argument("--limit", type=positive_int, help="use only this many images (a seeded random subset)")
     r.add_argument("--synthetic-count", type=positive_int, default=1200, help="images in the built-in synthetic set")
     r.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)")
+    r.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH", help="weights of the pretrained backbones a space samples (the full space): imagenet (downloaded by Keras on first use, needs the network), none (random init) or a weights file")
 
     def non_negative(kind):
         def parse(text: str):
@@ -310,12 +311,15 @@ def cmd_run(args) -> int:
     from agesearch.search import study as st
     from agesearch.search.artifacts import BestModelKeeper, models_dir
     from agesearch.search.objective import make_objective
-    from agesearch.spaces import get_space
+    from agesearch.spaces import get_space, with_backbone_weights
 
     try:
         space = get_space(args.space)
     except KeyError as e:
         raise UsageError(e.args[0]) from None
+    if args.backbone_weights not in ("imagenet", "none") and not Path(args.backbone_weights).is_file():
+        raise UsageError(f"--backbone-weights: no such weights file {args.backbone_weights!r} (or use imagenet or none)")
+    space = with_backbone_weights(space, args.backbone_weights)
     multi = args.objective == "multi"
     if multi and args.pruner not in (None, "none"):
         raise UsageError(f"--pruner {args.pruner} cannot be used with --objective multi: Optuna's pruners are single-objective only")

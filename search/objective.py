@@ -58,7 +58,8 @@ def train_configs(
 
     Never raises for a trial's own failure (NaN, out of memory, invalid config): those come
     back as a FAIL outcome with `fail_reason`. KeyboardInterrupt goes through.
-    With `model_path`, a completed trial's model (best epoch's weights) is saved there as .keras.
+    With `model_path`, a completed trial's model (best epoch's weights) is saved there as a
+    .keras inference model (age in years, P(female); see `agesearch.models.inference`).
     """
     from agesearch.search.training import PruneRequested, fit  # imports Keras
 
@@ -66,7 +67,9 @@ def train_configs(
     try:
         result = fit(model_cfg, train_cfg, data, reporter, on_history=history.update, keep_model=model_path is not None)
         if model_path is not None:
-            result.model.save(model_path)
+            from agesearch.models.inference import inference_model
+
+            inference_model(result.model, model_cfg, data.baselines.age_scale).save(model_path)
     except PruneRequested as e:
         return TrialOutcome(PRUNED, None, _partial_attrs(history) | {"pruned_at_epoch": e.epoch})
     except Exception as e:  # the trial failed; the study goes on

@@ -427,13 +427,15 @@ def predictions_section(study: optuna.Study, section: Section, models_dir: Path 
     val = split.val
     images = ds.images[val]
     try:
-        model = keras.saving.load_model(models_dir / BEST_MODEL, compile=False)
+        from agesearch.models.inference import load_model
+
+        model = load_model(models_dir / BEST_MODEL)
         out = model.predict(images, batch_size=128, verbose=0)
     except Exception as e:  # a file from another Keras version or a half-copied one: the rest of the report stands
         section.note(f"cannot use {models_dir / BEST_MODEL}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return None
-    scale = float(meta["baselines"]["age_scale"])
-    pred_age = np.asarray(out["age"], dtype=float).reshape(-1) * scale
+    # The saved model answers in years (agesearch.models.inference), whatever its age head.
+    pred_age = np.asarray(out["age"], dtype=float).reshape(-1)
     p_female = np.asarray(out["gender"], dtype=float).reshape(-1)
     true_age = ds.ages[val].astype(float)
     true_gender = ds.genders[val].astype(int)

@@ -126,7 +126,8 @@ def create_or_resume(
 def finished_count(study: optuna.Study) -> int:
     """Trials that count toward --n-trials: complete, pruned, and failed ones not being retried."""
     trials = study.get_trials(deepcopy=False)
-    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials} - {None}
+    # Every trial in a retry chain but the last is replaced by its retry.
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     return sum(
         1
         for t in trials

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from agesearch.models import ModelConfig, build_model
+from agesearch.models.coral import CoralMAE, coral_levels, coral_loss
 from agesearch.search.data import FaceDataset, Split
 from agesearch.search.train_config import TrainConfig
 
@@ -118,6 +119,8 @@ class EpochReport(keras.callbacks.Callback):
             raise TrialFailed(f"loss became NaN or infinite at epoch {epoch}")
         value = combined_objective(row["val_age_mae"], row["val_gender_accuracy"], self.b)
         row["val_objective"] = value
+        # Shows the backbone freeze schedule in the learning curves.
+        row["trainable_params"] = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
         logs["val_objective"] = value
         for key, v in row.items():
             self.history.setdefault(key, []).append(float(v))
@@ -125,14 +128,15 @@ class EpochReport(keras.callbacks.Callback):
             raise PruneRequested(epoch, value)
 
 
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
+    lr = cfg.learning_rate if learning_rate is None else learning_rate
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(cfg.learning_rate)
+        return keras.optimizers.Adam(lr)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(cfg.learning_rate)
+        return keras.optimizers.AdamW(lr)
     if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(cfg.learning_rate)
-    return keras.optimizers.SGD(cfg.learning_rate, momentum=0.9, nesterov=True)
+        return keras.optimizers.RMSprop(lr)
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
 
 
 def augmentation_layers(cfg: TrainConfig) -> list[keras.layers.Layer]:
@@ -144,13 +148,22 @@ def augmentation_layers(cfg: TrainConfig) -> list[keras.layers.Layer]:
         out.append(keras.layers.RandomRotation(cfg.rotation, name="aug_rotation"))
     if cfg.zoom > 0:
         out.append(keras.layers.RandomZoom(cfg.zoom, name="aug_zoom"))
+    if cfg.translation > 0:
+        out.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation, name="aug_translation"))
     if cfg.brightness > 0:
         out.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(0, 255), name="aug_brightness"))
+    if cfg.contrast > 0:
+        out.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), name="aug_contrast"))
     return out
 
 
-def build_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> keras.Model:
-    """The search model with augmentation in front, compiled."""
+def build_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig, *, age_scale: float = 1.0, learning_rate: float | None = None) -> keras.Model:
+    """The search model with augmentation in front, compiled.
+
+    The regression head learns age / age_scale with the configured loss; the CORAL head
+    learns rank levels with the CORAL loss, and its "mae" metric is divided by age_scale
+    too, so `val_age_mae * age_scale` is years for both.
+    """
     core = build_model(model_cfg)
     aug = augmentation_layers(train_cfg)
     if aug:
@@ -161,14 +174,29 @@ def build_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig) -> keras.Mod
         model = keras.Model(inputs, core(x), name="agesearch_train")
     else:
         model = core
-    age_loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber()}[train_cfg.age_loss]
+    compile_model(model, model_cfg, train_cfg, age_scale=age_scale, learning_rate=learning_rate)
+    return model
+
+
+def compile_model(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig, *, age_scale: float, learning_rate: float | None = None) -> None:
+    if model_cfg.age_head == "coral":
+        age_loss, age_metric = coral_loss, CoralMAE(scale=age_scale, name="mae")
+    else:
+        age_loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber()}[train_cfg.age_loss]
+        age_metric = "mae"
     model.compile(
-        optimizer=make_optimizer(train_cfg),
+        optimizer=make_optimizer(train_cfg, learning_rate),
         loss={"age": age_loss, "gender": "binary_crossentropy"},
         loss_weights={"age": train_cfg.age_loss_weight, "gender": 1.0},
-        metrics={"age": ["mae"], "gender": ["accuracy"]},
+        metrics={"age": [age_metric], "gender": ["accuracy"]},
     )
-    return model
+
+
+def age_targets(model_cfg: ModelConfig, ages: np.ndarray, age_scale: float) -> np.ndarray:
+    """What the age output learns: age / age_scale, or CORAL rank levels."""
+    if model_cfg.age_head == "coral":
+        return coral_levels(ages, model_cfg.coral_min_age, model_cfg.coral_max_age)
+    return (ages / age_scale).astype(np.float32)
 
 
 @dataclass
@@ -200,25 +228,39 @@ def fit(
     """
     keras.backend.clear_session()
     start = time.perf_counter()
-    model = build_trainable(model_cfg, train_cfg)
-    report = EpochReport(data.baselines, reporter)
     scale = data.baselines.age_scale
+    model = build_trainable(model_cfg, train_cfg, age_scale=scale)
+    report = EpochReport(data.baselines, reporter)
     callbacks = [
         report,
         keras.callbacks.EarlyStopping(
             monitor="val_objective", mode="min", patience=train_cfg.patience, restore_best_weights=True
         ),
     ]
+    fit_kwargs = dict(
+        x=data.x_train,
+        y={"age": age_targets(model_cfg, data.age_train, scale), "gender": data.gender_train},
+        validation_data=(data.x_val, {"age": age_targets(model_cfg, data.age_val, scale), "gender": data.gender_val}),
+        batch_size=train_cfg.batch_size,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    freeze = model_cfg.backbone != "none" and train_cfg.freeze_epochs > 0
     try:
-        model.fit(
-            data.x_train,
-            {"age": data.age_train / scale, "gender": data.gender_train},
-            validation_data=(data.x_val, {"age": data.age_val / scale, "gender": data.gender_val}),
-            batch_size=train_cfg.batch_size,
-            epochs=train_cfg.epochs,
-            callbacks=callbacks,
-            verbose=0,
-        )
+        if not freeze:
+            model.fit(epochs=train_cfg.epochs, **fit_kwargs)
+        else:
+            # Freeze-then-unfreeze: Keras reads `trainable` at compile time, so the schedule is
+            # two fits around a recompile (the Keras transfer-learning guide's recipe).
+            backbone = _find_layer(model, "backbone")
+            backbone.trainable = False
+            compile_model(model, model_cfg, train_cfg, age_scale=scale)
+            frozen = min(train_cfg.freeze_epochs, train_cfg.epochs)
+            model.fit(epochs=frozen, **fit_kwargs)
+            if frozen < train_cfg.epochs and not model.stop_training:
+                backbone.trainable = True
+                compile_model(model, model_cfg, train_cfg, age_scale=scale, learning_rate=train_cfg.learning_rate * train_cfg.finetune_lr_factor)
+                model.fit(epochs=train_cfg.epochs, initial_epoch=frozen, **fit_kwargs)
     finally:
         if on_history is not None:
             on_history(report.history)
@@ -242,3 +284,15 @@ def _core_model(model: keras.Model) -> keras.Model:
     if model.name == "agesearch_train":
         return model.get_layer("agesearch_cnn")
     return model
+
+
+def _find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            try:
+                return _find_layer(layer, name)
+            except KeyError:
+                pass
+    raise KeyError(name)

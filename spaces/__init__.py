@@ -7,6 +7,7 @@ list of known ones (as timm's `register_model`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import optuna
@@ -37,6 +38,25 @@ def get_space(name: str) -> Space:
 
 def space_names() -> list[str]:
     return sorted(SPACES)
+
+
+def with_backbone_weights(space: Space, weights: str) -> Space:
+    """The same space, its backbone models set to load `weights` (imagenet | none | PATH).
+
+    Weights are a property of the run (what the machine has), not a search dimension.
+    """
+
+    def wrapped(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfig]:
+        model_cfg, train_cfg = space(trial, image_size)
+        if model_cfg.backbone != "none":
+            model_cfg = dataclasses.replace(model_cfg, backbone_weights=weights)
+        return model_cfg, train_cfg
+
+    wrapped.__doc__ = space.__doc__
+    for attr in ("grid",):
+        if hasattr(space, attr):
+            setattr(wrapped, attr, getattr(space, attr))
+    return wrapped
 
 
 def describe_space(name: str, image_size: int = 128, samples: int = 200) -> dict[str, optuna.distributions.BaseDistribution]:

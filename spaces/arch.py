@@ -39,8 +39,16 @@ def sample_model(trial: optuna.Trial, image_size: int) -> ModelConfig:
         age_dense=trial.suggest_categorical("age/dense", [64, 128, 256, 512]),
         gender_dense=trial.suggest_categorical("gender/dense", [64, 128, 256, 512]),
         l2=trial.suggest_float("l2", 1e-6, 1e-3, log=True),
-        age_activation=trial.suggest_categorical("age/activation", ["linear", "relu"]),
+        **sample_age_head(trial),
     )
+
+
+def sample_age_head(trial: optuna.Trial) -> dict:
+    """The age head: regression (with a linear or ReLU output) or CORAL ordinal ranks 0..116."""
+    head = trial.suggest_categorical("age/head", ["regression", "coral"])
+    if head == "coral":
+        return {"age_head": "coral"}
+    return {"age_head": "regression", "age_activation": trial.suggest_categorical("age/activation", ["linear", "relu"])}
 
 
 @register_space("arch")
@@ -59,6 +67,7 @@ def arch(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfig
         pooling: max, avg. head: flatten, gap (global average pooling).
         block_dropout: 0-0.3 step 0.05; dense_dropout: 0-0.7 step 0.1.
         age/dense, gender/dense: 64, 128, 256, 512. l2: 1e-6-1e-3 (log).
-        age/activation: linear, relu.
+        age/head: regression, coral (ordinal ranks 0..116, CORAL loss);
+        age/activation (regression only): linear, relu.
     """
     return sample_model(trial, image_size), TrainConfig()

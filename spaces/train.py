@@ -39,6 +39,8 @@ def sample_training(trial: optuna.Trial) -> TrainConfig:
         rotation=trial.suggest_float("rotation", 0.0, 0.1, step=0.025),
         zoom=trial.suggest_float("zoom", 0.0, 0.2, step=0.05),
         brightness=trial.suggest_float("brightness", 0.0, 0.2, step=0.05),
+        translation=trial.suggest_float("translation", 0.0, 0.1, step=0.05),
+        contrast=trial.suggest_float("contrast", 0.0, 0.2, step=0.1),
     )
 
 
@@ -51,6 +53,7 @@ def train(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfi
         learning_rate: 1e-4-1e-2 (log). batch_size: 32, 64, 128.
         age_loss_weight: 0.1-10 (log), the gender loss weighs 1. age_loss: mse, mae, huber.
         flip: True, False. rotation: 0-0.1 of a turn, step 0.025. zoom: 0-0.2 step 0.05.
-        brightness: 0-0.2 step 0.05.
+        brightness: 0-0.2 step 0.05. translation: 0-0.1 of the side, step 0.05.
+        contrast: 0-0.2 step 0.1.
     """
     return seed_model(image_size), sample_training(trial)
