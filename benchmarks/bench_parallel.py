@@ -17,40 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    try:
-        gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        gpus = []
-    return f"{os.cpu_count()} cores, {cpu}, {len(gpus) or 'no'} GPU{'s' if len(gpus) != 1 else ''}, Python {platform.python_version()}, KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'tensorflow')}"
-
-
-def append_results(title: str, lines: list[str]) -> None:
-    """Print the section and append it to RESULTS.md (made with a heading if absent)."""
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = "\n".join([f"## {title} ({stamp})", "", f"- command: `{command}`", f"- machine: {machine()}", *[f"- {x}" for x in lines], "", ""])
-    print(text)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEvery section was written by the script named in its command line.\n\n")
-    with RESULTS.open("a") as f:
-        f.write(text)
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record as append_results  # noqa: E402
 
 
 def gpu_utilisation_while(proc: subprocess.Popen) -> float | None:

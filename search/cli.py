@@ -6,6 +6,7 @@ Bad input prints one line `agesearch: error: ...` and exits 2, before any study 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -212,6 +213,20 @@ def build_parser() -> Parser:
     return p
 
 
+# command -> (module to import when it runs, None for this one; function taking the args).
+# The heavy modules (Keras, plotly, Ray) are imported only by the command that needs them.
+COMMANDS = {
+    "run": (None, "cmd_run"),
+    "report": (None, "cmd_report"),
+    "spaces": (None, "cmd_spaces"),
+    "dashboard": ("agesearch.search.dashboard", "cmd_dashboard"),
+    "data": ("agesearch.search.datacheck", "cmd_data_check"),
+    "export": ("agesearch.search.export", "cmd_export"),
+    "evaluate": ("agesearch.search.evaluate", "cmd_evaluate"),
+    "predict": ("agesearch.search.evaluate", "cmd_predict"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras loads TensorFlow
@@ -220,31 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress lines replace Optuna's
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "dashboard":
-            from agesearch.search.dashboard import cmd_dashboard
-
-            return cmd_dashboard(args)
-        if args.command == "data":
-            from agesearch.search.datacheck import cmd_data_check
-
-            return cmd_data_check(args)
-        if args.command == "export":
-            from agesearch.search.export import cmd_export
-
-            return cmd_export(args)
-        if args.command == "evaluate":
-            from agesearch.search.evaluate import cmd_evaluate
-
-            return cmd_evaluate(args)
-        if args.command == "predict":
-            from agesearch.search.evaluate import cmd_predict
-
-            return cmd_predict(args)
-        return cmd_spaces(args)
+        module, function = COMMANDS[args.command]
+        if module is None:
+            return globals()[function](args)
+        return getattr(importlib.import_module(module), function)(args)
     except UsageError as e:
         print(f"agesearch: error: {e}", file=sys.stderr)
         return EXIT_USAGE
