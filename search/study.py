@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 STUDIES_DIR = Path("studies")
 META_KEY = "agesearch"
 # Keys of the study's metadata that must match when a study is resumed.
-MUST_MATCH = ("space", "objective", "fingerprint", "images", "image_size", "split", "seed")
+MUST_MATCH = ("space", "objective", "fingerprint", "images", "image_size", "split", "split_method", "seed")
 
 
 class StorageError(ValueError):

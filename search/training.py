@@ -220,6 +220,7 @@ def fit(
     *,
     keep_model: bool = False,
     on_history: Callable[[dict], None] | None = None,
+    early_stopping: bool = True,
 ) -> FitResult:
     """Clear Keras state, build, fit with per-epoch reports and early stopping, return metrics.
 
@@ -231,12 +232,11 @@ def fit(
     scale = data.baselines.age_scale
     model = build_trainable(model_cfg, train_cfg, age_scale=scale)
     report = EpochReport(data.baselines, reporter)
-    callbacks = [
-        report,
-        keras.callbacks.EarlyStopping(
-            monitor="val_objective", mode="min", patience=train_cfg.patience, restore_best_weights=True
-        ),
-    ]
+    callbacks: list[keras.callbacks.Callback] = [report]
+    if early_stopping:  # off for a refit whose "val" is inside the training data: keep the last epoch
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_objective", mode="min", patience=train_cfg.patience, restore_best_weights=True)
+        )
     fit_kwargs = dict(
         x=data.x_train,
         y={"age": age_targets(model_cfg, data.age_train, scale), "gender": data.gender_train},
