@@ -14,7 +14,6 @@ retraining from the configs works for any finished trial and can fold val into t
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import platform
@@ -133,14 +132,11 @@ def export_trial(
     ds, split = study_dataset(meta, cache_dir=cache_dir)
     model_cfg = ModelConfig.from_dict(trial.user_attrs["model_config"])
     train_cfg = TrainConfig(**trial.user_attrs["train_config"])
-    fit_kwargs: dict = {}
     if refit_on_train_val:
         n_epochs = epochs or int(trial.user_attrs.get("best_epoch", train_cfg.epochs - 1)) + 1
-        # Val joins train; val is still passed because fit() needs validation data, but with
-        # patience >= epochs early stopping never ends the run.
+        # Val joins train; val is still passed because fit() reports on it, but early stopping
+        # is off: the model of the last epoch is the one exported.
         train_cfg = dataclasses.replace(train_cfg, epochs=n_epochs, patience=n_epochs)
-        if "early_stopping" in inspect.signature(fit).parameters:
-            fit_kwargs["early_stopping"] = False
         fit_split = Split(train=np.sort(np.concatenate([split.train, split.val])), val=split.val, test=split.test)
     else:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs or train_cfg.epochs)
@@ -151,7 +147,7 @@ def export_trial(
     )
     print(f"export: trial {trial.number} of study {study.study_name}: retraining on {what}", flush=True)
     keras.utils.set_random_seed(seed)
-    result = fit(model_cfg, train_cfg, data, None, keep_model=True, **fit_kwargs)
+    result = fit(model_cfg, train_cfg, data, None, keep_model=True, early_stopping=not refit_on_train_val)
     model = inference_model(result.model, model_cfg, data.baselines.age_scale)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
@@ -166,10 +162,8 @@ def export_trial(
     a2, g2 = predict_arrays(reloaded, probe)
     reload_diff = float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
 
-    # EarlyStopping restores the epoch with the lowest val objective; only a fit() that can
-    # switch it off keeps the last epoch. With a refit whose fit() cannot, that restored epoch is
-    # chosen on in-sample val data: the card says which epoch it was rather than claim the last.
-    restored = result.epochs_run - 1 if fit_kwargs.get("early_stopping") is False else result.best_epoch
+    # EarlyStopping restores the epoch with the lowest val objective; a refit keeps the last.
+    restored = result.epochs_run - 1 if refit_on_train_val else result.best_epoch
     card = {
         "format": "agesearch-model-card/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
