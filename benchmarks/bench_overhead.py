@@ -37,7 +37,6 @@ def main() -> None:
     import keras
     import optuna
 
-    from agesearch.models import build_model
     from agesearch.search.cli import main as cli_main
     from agesearch.search.study_data import data_folder
     from agesearch.search.data import load_faces, split_indices

@@ -436,26 +436,15 @@ class ProgressLine:
 
 
 def cmd_report(args) -> int:
-    import optuna
-
     from agesearch.search import study as st
     from agesearch.search.artifacts import models_dir
     from agesearch.search.report import build_report, write_report
 
     url = args.storage or st.default_storage(args.study)
     try:
-        st.check_storage_url(url)
-        path = st.sqlite_path(url)
-        if path is not None and not path.is_file():
-            raise UsageError(f"no study database at {path}; run `agesearch run --study {args.study} ...` first")
-        # heartbeat=False: a reader must never fail the running trials of a live search.
-        storage = st.open_storage(url, heartbeat=False, create_dirs=False)
+        study = st.load_existing(args.study, url)
     except st.StorageError as e:
         raise UsageError(str(e)) from None
-    if not st.study_exists(storage, args.study):
-        names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
-        raise UsageError(f"no study named {args.study!r} in {url} (studies there: {names})")
-    study = optuna.load_study(study_name=args.study, storage=storage)
     if not study.get_trials(deepcopy=False):
         raise UsageError(f"study {args.study!r} in {url} has no trials yet; nothing to report")
     directory = models_dir(url, args.study)

@@ -22,7 +22,7 @@ def resolve_storage(study: str | None, storage: str | None, studies_dir: Path = 
     """The storage URL to serve: --storage, else the study's file, else the only studies/*.db.
 
     Raises:
-        UsageError: no way to tell which file is meant, or the file does not exist.
+        UsageError: no way to tell which file is meant (whether it exists is checked on opening).
     """
     if storage:
         url = storage
@@ -34,13 +34,6 @@ def resolve_storage(study: str | None, storage: str | None, studies_dir: Path = 
             names = ", ".join(p.stem for p in found) or "none"
             raise UsageError(f"pass --study NAME or --storage URL (study files in {studies_dir}/: {names})")
         url = st.default_storage(found[0].stem, studies_dir)
-    try:
-        st.check_storage_url(url)
-    except st.StorageError as e:
-        raise UsageError(str(e)) from None
-    path = st.sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise UsageError(f"no study database at {path}; run `agesearch run --study {study or path.stem} ...` first")
     return url
 
 
@@ -62,15 +55,14 @@ def cmd_dashboard(args) -> int:
 
     url = resolve_storage(args.study, args.storage)
     try:
-        storage = st.open_storage(url, heartbeat=False, create_dirs=False)
+        storage = st.open_existing_storage(url, args.study)
+        if args.study and not st.study_exists(storage, args.study):
+            raise st.missing_study(storage, args.study, url)
     except st.StorageError as e:
         raise UsageError(str(e)) from None
     address = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/dashboard/"
-    if args.study and st.study_exists(storage, args.study):
+    if args.study:
         address += f"studies/{storage.get_study_id_from_name(args.study)}"
-    elif args.study:
-        names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
-        raise UsageError(f"no study named {args.study!r} in {url} (studies there: {names})")
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can read and edit the study", file=sys.stderr)
     print(f"optuna-dashboard for {url} at {address} (Ctrl-C stops it)", flush=True)

@@ -162,7 +162,7 @@ def load_faces(
             try:
                 images_list.append(decode_image(f, image_size))
                 names.append(f.name)
-            except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for corrupt/truncated files
+            except (OSError, ValueError, SyntaxError):  # PIL's errors for corrupt/truncated files
                 unreadable.append(f.name)
             if progress is not None and (i + 1) % 500 == 0:
                 progress(f"decoded {i + 1}/{len(files)} images")

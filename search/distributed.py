@@ -39,7 +39,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from agesearch.search.objective import COMPLETE, FAIL, PRUNED, TrialOutcome
+from agesearch.search.objective import COMPLETE, PRUNED, TrialOutcome
 
 INSTALL_HINT = 'Ray is not installed; install it with: pip install "agesearch[ray]"'
 

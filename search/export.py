@@ -50,25 +50,15 @@ def _versions() -> dict:
 
 
 def open_study(study_name: str, storage_url: str | None):
-    """Load a finished study read-only (no heartbeats: a live search's trials are never failed)."""
-    import optuna
-
+    """Load an existing study read-only, and its storage URL."""
     from agesearch.search import study as st
     from agesearch.search.cli import UsageError
 
     url = storage_url or st.default_storage(study_name)
     try:
-        st.check_storage_url(url)
-        path = st.sqlite_path(url)
-        if path is not None and not path.is_file():
-            raise UsageError(f"no study database at {path}; run `agesearch run --study {study_name} ...` first")
-        storage = st.open_storage(url, heartbeat=False, create_dirs=False)
+        return st.load_existing(study_name, url), url
     except st.StorageError as e:
         raise UsageError(str(e)) from None
-    if not st.study_exists(storage, study_name):
-        names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
-        raise UsageError(f"no study named {study_name!r} in {url} (studies there: {names})")
-    return optuna.load_study(study_name=study_name, storage=storage), url
 
 
 def pick_trial(study, number: int | None):

@@ -107,10 +107,6 @@ def trial_reporter(trial: optuna.Trial) -> Callable[[int, float], bool]:
     return report
 
 
-class TrialFailed(RuntimeError):
-    """Raised by the in-process objective so that Optuna marks the trial FAIL."""
-
-
 def make_objective(space, image_size: int, epochs: int, data, *, multi: bool, models_dir=None) -> Callable[[optuna.Trial], object]:
     """The in-process Optuna objective: sample, train, record, return the value(s).
 
@@ -128,7 +124,9 @@ def make_objective(space, image_size: int, epochs: int, data, *, multi: bool, mo
         if outcome.state == PRUNED:
             raise optuna.TrialPruned(f"pruned at epoch {outcome.user_attrs.get('pruned_at_epoch')}")
         if outcome.state == FAIL:
-            raise TrialFailed(outcome.user_attrs["fail_reason"])
+            from agesearch.search.training import TrialFailed  # already loaded by train_configs
+
+            raise TrialFailed(outcome.user_attrs["fail_reason"])  # Optuna (catch=Exception) marks it FAIL
         return outcome.values[0] if len(outcome.values) == 1 else tuple(outcome.values)
 
     return objective

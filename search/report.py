@@ -422,7 +422,6 @@ def predictions_section(study: optuna.Study, section: Section, models_dir: Path 
         return None
     info_path = models_dir / BEST_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    import keras
 
     val = split.val
     images = ds.images[val]

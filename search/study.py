@@ -91,6 +91,29 @@ def study_exists(storage: RDBStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
 
 
+def open_existing_storage(url: str, name: str | None = None) -> RDBStorage:
+    """The storage of an existing study database, for reading: never creates a file, and
+    runs no heartbeat, so a reader (report, export, dashboard) never fails a live search's trials."""
+    check_storage_url(url)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StorageError(f"no study database at {path}; run `agesearch run --study {name or path.stem} ...` first")
+    return open_storage(url, heartbeat=False, create_dirs=False)
+
+
+def missing_study(storage: RDBStorage, name: str, url: str) -> StorageError:
+    names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
+    return StorageError(f"no study named {name!r} in {url} (studies there: {names})")
+
+
+def load_existing(name: str, url: str) -> optuna.Study:
+    """Load a study that must already exist; StorageError (one line) otherwise."""
+    storage = open_existing_storage(url, name)
+    if not study_exists(storage, name):
+        raise missing_study(storage, name, url)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def create_or_resume(
     name: str,
     storage: RDBStorage,

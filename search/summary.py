@@ -26,7 +26,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     if len(study.directions) == 1:
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return [study.best_trial] if done else []
     return study.best_trials
 

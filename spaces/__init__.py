@@ -53,9 +53,8 @@ def with_backbone_weights(space: Space, weights: str) -> Space:
         return model_cfg, train_cfg
 
     wrapped.__doc__ = space.__doc__
-    for attr in ("grid",):
-        if hasattr(space, attr):
-            setattr(wrapped, attr, getattr(space, attr))
+    if hasattr(space, "grid"):  # a grid space (`ablate`) keeps its grid for the GridSampler
+        wrapped.grid = space.grid
     return wrapped
 
 

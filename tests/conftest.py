@@ -12,6 +12,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "utkface-5k"
 
 
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """`agesearch ARGS` in-process: (exit code, stdout, stderr)."""
+    from agesearch.search.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own errors exit from the parser
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory) -> Path:
     """Every test decodes into one session cache, never into the user's ~/.cache."""

@@ -16,18 +16,10 @@ from agesearch.search.cli import main
 from agesearch.search.train_config import TrainConfig
 from agesearch.spaces import SPACES
 from agesearch.models import ModelConfig
+from conftest import run_cli
 
 TINY_RUN = ["--epochs", "2", "--image-size", "32", "--limit", "300"]
 USER_ATTRS = {"model_config", "train_config", "objective", "val_age_mae", "val_gender_accuracy", "best_epoch", "epochs_run", "seconds", "params", "history"}
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(args)
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def load(study: str, root: Path) -> optuna.Study:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agesearch.search.cli import main
 from agesearch.search.data import load_faces, split_indices
 from agesearch.search.duplicates import (
     duplicate_groups,
@@ -24,16 +23,7 @@ from agesearch.search.duplicates import (
     thumbnails,
 )
 
-from conftest import REAL_DATA
-
-
-def run_cli(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import REAL_DATA, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,10 @@ import numpy as np
 import pytest
 
 from agesearch.search.cli import main
+from conftest import run_cli
 
 CARD_KEYS = {"model_config", "train_config", "data", "training", "test_metrics", "versions", "study", "outputs", "input"}
 METRIC_KEYS = {"n", "age_mae", "gender_accuracy", "per_decade_mae", "confusion"}
-
-
-def run_cli(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
