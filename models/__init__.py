@@ -6,9 +6,9 @@ Saved models use custom layers registered by `agesearch.models.inference`: impor
 call `agesearch.models.load_model`) before `keras.saving.load_model`.
 """
 
-from agesearch.models.config import ModelConfig, filter_schedule, max_depth
+from agesearch.models.config import ModelConfig, TrainConfig, filter_schedule, max_depth
 
-__all__ = ["ModelConfig", "build_model", "filter_schedule", "inference_model", "load_model", "max_depth"]
+__all__ = ["ModelConfig", "TrainConfig", "build_model", "filter_schedule", "inference_model", "load_model", "max_depth"]
 
 
 def __getattr__(name: str):

@@ -115,7 +115,7 @@ def export_trial(
     from agesearch.search.evaluate import metrics, predict_arrays
     from agesearch.search.study import META_KEY
     from agesearch.search.study_data import study_dataset
-    from agesearch.search.train_config import TrainConfig
+    from agesearch.models.config import TrainConfig
     from agesearch.search.training import TrainingData, fit
 
     meta = study.user_attrs[META_KEY]

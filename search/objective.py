@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from agesearch.models.config import ModelConfig
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import ModelConfig, TrainConfig
 
 COMPLETE, PRUNED, FAIL = "complete", "pruned", "fail"
 

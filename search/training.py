@@ -13,7 +13,7 @@ import numpy as np
 from agesearch.models import ModelConfig, build_model
 from agesearch.models.coral import CoralMAE, coral_levels, coral_loss
 from agesearch.search.data import FaceDataset, Split
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import TrainConfig
 
 @dataclass
 class Baselines:

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import optuna
 
-from agesearch.models.config import ModelConfig
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import ModelConfig, TrainConfig
 
 Space = Callable[[optuna.Trial, int], tuple[ModelConfig, TrainConfig]]
 SPACES: dict[str, Space] = {}

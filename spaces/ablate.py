@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import optuna
 
-from agesearch.models.config import ModelConfig, max_depth
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import ModelConfig, TrainConfig, max_depth
 from agesearch.spaces import register_space
 
 # The write-ups' filter lists, from the input down; the shared trunk of the seed network.

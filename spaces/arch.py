@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from agesearch.models.config import ModelConfig, filter_schedule, max_depth
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import ModelConfig, TrainConfig, filter_schedule, max_depth
 from agesearch.spaces import register_space
 
 

@@ -6,8 +6,7 @@ import dataclasses
 
 import optuna
 
-from agesearch.models.config import BACKBONE_MIN_SIZE, ModelConfig
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import BACKBONE_MIN_SIZE, ModelConfig, TrainConfig
 from agesearch.spaces import register_space
 from agesearch.spaces.arch import sample_age_head, sample_model
 from agesearch.spaces.train import sample_training

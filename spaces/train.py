@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from agesearch.models.config import ModelConfig
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import ModelConfig, TrainConfig
 from agesearch.spaces import register_space
 
 

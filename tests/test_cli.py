@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from agesearch.search.cli import main
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import TrainConfig
 from agesearch.spaces import SPACES
 from agesearch.models import ModelConfig
 from conftest import run_cli

@@ -11,7 +11,7 @@ from agesearch.models import ModelConfig, build_model, inference_model, load_mod
 from agesearch.models.backbones import BackboneWeightsError
 from agesearch.models.coral import CoralAge, coral_levels, coral_loss, levels_to_age
 from agesearch.search.data import load_faces, split_indices
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import TrainConfig
 from agesearch.search.training import TrainingData, fit
 
 

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from agesearch.models import build_model, max_depth
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import TrainConfig
 from agesearch.spaces import describe_space, get_space, register_space, space_names
 
 

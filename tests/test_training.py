@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from agesearch.models import ModelConfig
 from agesearch.search.data import load_faces, split_indices
 from agesearch.search.objective import COMPLETE, FAIL, PRUNED, make_objective, train_configs
-from agesearch.search.train_config import TrainConfig
+from agesearch.models.config import TrainConfig
 from agesearch.search.training import Baselines, TrainingData, combined_objective, fit
 
 TINY = ModelConfig(image_size=32, shared_blocks=1, age_blocks=2, gender_blocks=2, filters=(16, 32, 64), dense_dropout=0.2, age_dense=64, gender_dense=64)
