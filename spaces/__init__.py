@@ -86,3 +86,12 @@ def _widest(old, new):
 from agesearch.spaces import arch, train, full, ablate  # noqa: E402,F401
 
 __all__ = ["SPACES", "Space", "describe_space", "get_space", "register_space", "space_names"]
+
+
+def baseline_trials(space_name: str, image_size: int, names: list[str] | None = None) -> list[tuple[str, dict]]:
+    """(preset name, params for `study.enqueue_trial`) of the presets that are points of a space.
+
+    `names=None` means every preset that fits the space and the image size; an unknown name
+    raises KeyError with the known ones. Filled in by issue 11; returns [] until then.
+    """
+    return []
