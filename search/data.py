@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from agesearch.search.errors import DataError
+
 MAX_AGE = 116
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # AGE_GENDER_RACE_DATETIME.jpg.chip.jpg (cropped/aligned set) or ...DATETIME.jpg (in-the-wild set).
@@ -24,10 +26,6 @@ NAME_PATTERN = re.compile(
     re.IGNORECASE,
 )
 CACHE_FORMAT = 1
-
-
-class DataError(ValueError):
-    """Input data that cannot be used: missing folder, no parsable image, ..."""
 
 
 @dataclass(frozen=True)

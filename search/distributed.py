@@ -55,8 +55,7 @@ GPU_MEMORY_ENV = {
 RETRY_ATTEMPTS = 6
 
 
-class DistributedError(RuntimeError):
-    """A problem with the Ray setup that the user must fix: one line."""
+from agesearch.search.errors import DistributedError  # noqa: E402  (raised here, caught by the CLI)
 
 
 def import_ray():

@@ -16,12 +16,7 @@ META_KEY = "agesearch"
 MUST_MATCH = ("space", "objective", "fingerprint", "images", "image_size", "split", "split_method", "seed")
 
 
-class StorageError(ValueError):
-    """A storage URL that cannot be used."""
-
-
-class StudyMismatch(ValueError):
-    """Resuming a study with other data, split, image size, space or objective."""
+from agesearch.search.errors import StorageError, StudyMismatch  # noqa: F401  (raised here, caught by the CLI)
 
 
 def default_storage(study_name: str, studies_dir: Path = STUDIES_DIR) -> str:
