@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from agesearch.search.errors import DataError
+from agesearch.search.files import atomic_folder
 
 MAX_AGE = 116
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -187,26 +186,37 @@ def load_faces(
 
 
 def _write_cache(entry: Path, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
-    """Write into a temporary folder, then rename: a crash never leaves half a cache entry."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
-    try:
+    """Write the entry as a whole: a crash never leaves half a cache entry, and when another
+    process wrote the same entry first, theirs is kept (it is as good)."""
+    with atomic_folder(entry) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "labels.npy", labels)
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, entry)
-        except OSError:  # another process wrote the same entry first: theirs is as good
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def check_split(fractions) -> tuple[float, float, float]:
+    """The one rule of a split (data, duplicates and the CLI's --split all use it).
+
+    Returns:
+        The fractions as a tuple of three floats.
+
+    Raises:
+        ValueError: not three fractions >= 0 summing to 1, or an empty train or val share.
+    """
+    try:
+        f = tuple(float(x) for x in fractions)
+    except (TypeError, ValueError):
+        f = ()
+    if len(f) != 3 or any(not x >= 0 for x in f) or abs(sum(f) - 1) > 1e-6 or f[0] <= 0 or f[1] <= 0:
+        raise ValueError(
+            f"Invalid value for `split`: must be three fractions >= 0 summing to 1, train and val > 0. Received: split={tuple(fractions)}"
+        )
+    return f  # type: ignore[return-value]
 
 
 def split_indices(n: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0) -> Split:
     """A seeded, disjoint train/val/test split of `n` items covering all of them."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"Invalid value for `split`: must be three fractions >= 0 summing to 1. Received: split={fractions}")
+    fractions = check_split(fractions)
     order = np.random.default_rng(seed).permutation(n)
     n_train = int(round(fractions[0] * n))
     n_val = int(round(fractions[1] * n))

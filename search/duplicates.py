@@ -34,15 +34,14 @@ leaves the synthetic set with groups of at most 4.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from agesearch.search.data import DataError, FaceDataset, Split, default_cache_dir
+from agesearch.search.data import DataError, FaceDataset, Split, check_split, default_cache_dir
+from agesearch.search.files import atomic_path
 
 HASH_SIZE = 8  # 8x8 low-frequency DCT coefficients -> 64 bits
 HIGHFREQ_FACTOR = 4  # images are reduced to 32x32 before the DCT (imagehash's default)
@@ -185,8 +184,7 @@ def group_split(n: int, groups: np.ndarray, fractions: tuple[float, float, float
         ValueError: bad fractions or a `groups` array of another length.
         DataError: train or val would be empty.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"Invalid value for `split`: must be three fractions >= 0 summing to 1. Received: split={fractions}")
+    fractions = check_split(fractions)
     groups = np.asarray(groups)
     if groups.shape != (n,):
         raise ValueError(f"Invalid value for `groups`: must have one label per item (n={n}). Received: shape {groups.shape}")
@@ -234,16 +232,8 @@ def dataset_thumbnails(ds: FaceDataset, *, cache_dir: Path | None = None) -> tup
         except (OSError, KeyError, ValueError):  # a damaged entry is recomputed
             pass
     grey, colour = thumbnails(ds.images)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a crash or a concurrent writer never leaves half a file behind.
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".npz", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, grey=grey, colour=colour)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:  # a crash or a concurrent writer never leaves half a file
+        np.savez(tmp, grey=grey, colour=colour)
     return grey, colour
 
 

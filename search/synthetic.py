@@ -10,15 +10,13 @@ Deterministic: the same seed and count give the same files.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from agesearch.search.data import default_cache_dir
+from agesearch.search.files import atomic_folder
 
 DEFAULT_COUNT = 1200
 NATIVE_SIZE = 128
@@ -91,22 +89,13 @@ def write_synthetic(folder: Path, count: int = DEFAULT_COUNT, seed: int = 0) -> 
     """Draw `count` faces into `folder` as AGE_GENDER_RACE_DATETIME.jpg.chip.jpg files."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:  # another process drawing the same set: one of the two is kept
         for i in range(count):
             age = sample_age(rng)
             gender = int(rng.random() < 0.48)
             race = int(rng.choice(5, p=[0.42, 0.19, 0.15, 0.17, 0.07]))
             stamp = f"2017{seed % 10000:04d}{i:09d}"
             draw_face(age, gender, race, rng).save(tmp / f"{age}_{gender}_{race}_{stamp}.jpg.chip.jpg", quality=92)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # written meanwhile by another process
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
