@@ -14,37 +14,7 @@ from agesearch.models import ModelConfig, build_model
 from agesearch.models.coral import CoralMAE, coral_levels, coral_loss
 from agesearch.search.data import FaceDataset, Split
 from agesearch.models.config import TrainConfig
-
-@dataclass
-class Baselines:
-    """The trivial predictors, fitted on train and scored on val."""
-
-    median_age: float  # train median age, years
-    majority_gender: int  # train majority gender
-    mae_trivial: float  # val MAE of always predicting median_age, years
-    error_trivial: float  # val error rate of always predicting majority_gender
-    age_scale: float  # the model learns age / age_scale (train mean age)
-
-    @classmethod
-    def fit(cls, train_ages: np.ndarray, train_genders: np.ndarray, val_ages: np.ndarray, val_genders: np.ndarray) -> "Baselines":
-        median = float(np.median(train_ages))
-        majority = int(np.mean(train_genders) >= 0.5)
-        return cls(
-            median_age=median,
-            majority_gender=majority,
-            mae_trivial=max(float(np.mean(np.abs(val_ages - median))), 1e-6),
-            error_trivial=max(float(np.mean(val_genders != majority)), 1e-6),
-            age_scale=max(float(np.mean(train_ages)), 1.0),
-        )
-
-
-def combined_objective(val_age_mae: float, val_gender_accuracy: float, b: Baselines) -> float:
-    """`val_age_mae / mae_trivial + val_gender_error / error_trivial`, minimised.
-
-    Each term is the share of the trivial predictor's error that is left: 2.0 means no better
-    than predicting the train median age and majority gender, 0.0 would be perfect.
-    """
-    return val_age_mae / b.mae_trivial + (1.0 - val_gender_accuracy) / b.error_trivial
+from agesearch.search.metrics import Baselines, combined_objective  # noqa: F401  (re-exported: training's callers use them)
 
 
 @dataclass
