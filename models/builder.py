@@ -13,27 +13,42 @@ from agesearch.models.coral import CoralLogits
 from agesearch.models.config import ModelConfig
 
 
-def conv_block(x, filters: int, cfg: ModelConfig, name: str):
-    """Conv, then BN and ReLU in the configured order, then 2x2 pooling and optional dropout."""
-    reg = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
-    x = layers.Conv2D(
+def _conv(x, filters: int, cfg: ModelConfig, l2: float, name: str):
+    return layers.Conv2D(
         filters,
         cfg.kernel_size,
         padding="same",
-        use_bias=cfg.block_order == "conv_relu",  # BN's beta makes a conv bias redundant
-        kernel_regularizer=reg,
-        name=f"{name}_conv",
+        # BN right after the conv makes its bias redundant; BN after the ReLU does not.
+        use_bias=cfg.block_order != "conv_bn_relu",
+        kernel_regularizer=keras.regularizers.L2(l2) if l2 > 0 else None,
+        name=name,
     )(x)
+
+
+def _activate(x, cfg: ModelConfig, name: str):
+    """ReLU and BatchNorm in the configured order (BN momentum 0.9, see below)."""
     # BN momentum 0.9, not Keras' 0.99: search trials run few steps, and with 0.99 the
     # moving statistics used on validation are still mostly their initial values.
     if cfg.block_order == "conv_bn_relu":
         x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-        x = layers.Activation("relu", name=f"{name}_relu")(x)
-    elif cfg.block_order == "conv_relu_bn":
-        x = layers.Activation("relu", name=f"{name}_relu")(x)
+        return layers.Activation("relu", name=f"{name}_relu")(x)
+    x = layers.Activation("relu", name=f"{name}_relu")(x)
+    if cfg.block_order == "conv_relu_bn":
         x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    else:
-        x = layers.Activation("relu", name=f"{name}_relu")(x)
+    return x
+
+
+def conv_block(x, filters: int, cfg: ModelConfig, name: str, *, l2: float | None = None, convs: int = 1):
+    """`convs` convs (each with BN and ReLU in the configured order), 2x2 pooling, dropout.
+
+    With two convs the first has half the filters (write-up B's stem: Conv 32 -> Conv 64).
+    """
+    l2 = cfg.l2 if l2 is None else l2
+    if convs == 2:
+        x = _conv(x, max(1, filters // 2), cfg, l2, f"{name}_conv0")
+        x = _activate(x, cfg, f"{name}_0")
+    x = _conv(x, filters, cfg, l2, f"{name}_conv")
+    x = _activate(x, cfg, name)
     pool = layers.MaxPooling2D if cfg.pooling == "max" else layers.AveragePooling2D
     x = pool(2, name=f"{name}_pool")(x)
     if cfg.block_dropout > 0:
@@ -41,9 +56,10 @@ def conv_block(x, filters: int, cfg: ModelConfig, name: str):
     return x
 
 
-def branch_head(x, width: int, cfg: ModelConfig, name: str):
+def branch_head(x, width: int, cfg: ModelConfig, name: str, *, l2: float | None = None):
     """Feature map -> vector -> dropout -> dense(width, relu)."""
-    reg = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
+    l2 = cfg.l2 if l2 is None else l2
+    reg = keras.regularizers.L2(l2) if l2 > 0 else None
     if cfg.head == "flatten":
         x = layers.Flatten(name=f"{name}_flatten")(x)
     else:
@@ -57,7 +73,7 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     """Build the two-branch CNN described by `cfg`.
 
     The input is a uint8-range RGB image (0..255, any dtype); the model rescales it.
-    Outputs: `age` (regression: 1 unit, normalised age, linear or ReLU; CORAL: one logit per
+    Outputs: `age` (regression: 1 unit, normalised age or years, linear or ReLU; CORAL: one logit per
     rank threshold) and `gender` (1 unit, sigmoid, probability of label 1 = female).
     """
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
@@ -72,22 +88,20 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     else:
         x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for k in range(cfg.shared_blocks):
-        x = conv_block(x, cfg.filters[k], cfg, f"shared_block{k + 1}")
+        x = conv_block(x, cfg.filters[k], cfg, f"shared_block{k + 1}", convs=cfg.shared_convs)
 
     outputs = {}
-    for branch, blocks, width in (
-        ("age", cfg.age_blocks, cfg.age_dense),
-        ("gender", cfg.gender_blocks, cfg.gender_dense),
-    ):
+    for branch, width in (("age", cfg.age_dense), ("gender", cfg.gender_dense)):
         y = x
-        for k in range(blocks):
-            depth = cfg.shared_blocks + k
-            y = conv_block(y, cfg.filters[depth], cfg, f"{branch}_block{k + 1}")
-        y = branch_head(y, width, cfg, branch)
+        l2 = cfg.branch_l2(branch)
+        for k, filters in enumerate(cfg.branch_filters(branch)):
+            y = conv_block(y, filters, cfg, f"{branch}_block{k + 1}", l2=l2)
+        y = branch_head(y, width, cfg, branch, l2=l2)
+        # The outputs stay float32 under a mixed-precision policy (Keras' mixed precision guide).
         if branch == "gender":
-            outputs[branch] = layers.Dense(1, activation="sigmoid", name=branch)(y)
+            outputs[branch] = layers.Dense(1, activation="sigmoid", dtype="float32", name=branch)(y)
         elif cfg.age_head == "coral":
-            outputs[branch] = CoralLogits(cfg.coral_max_age - cfg.coral_min_age, name=branch)(y)
+            outputs[branch] = CoralLogits(cfg.coral_max_age - cfg.coral_min_age, dtype="float32", name=branch)(y)
         else:
-            outputs[branch] = layers.Dense(1, activation=cfg.age_activation, name=branch)(y)
+            outputs[branch] = layers.Dense(1, activation=cfg.age_activation, dtype="float32", name=branch)(y)
     return keras.Model(inputs, outputs, name="agesearch_cnn")

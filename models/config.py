@@ -13,6 +13,7 @@ AGE_ACTIVATIONS = ("linear", "relu")
 FILTER_ORDERS = ("increasing", "decreasing", "constant")
 KERNEL_SIZES = (3, 5, 7)
 AGE_HEADS = ("regression", "coral")
+AGE_OUTPUTS = ("normalised", "years")
 # Keras applications usable as the shared trunk, with the smallest input side each accepts.
 BACKBONE_MIN_SIZE = {"resnet50": 32, "mobilenetv3small": 32, "efficientnetb0": 32, "inceptionv3": 75}
 BACKBONES = ("none", *BACKBONE_MIN_SIZE)
@@ -58,6 +59,8 @@ class ModelConfig:
     age_blocks: int = 4  # conv blocks in the age branch after the split
     gender_blocks: int = 4  # conv blocks in the gender branch after the split
     filters: tuple[int, ...] = (32, 64, 128, 256)  # filters per block depth, len = shared + max(branch)
+    gender_filters: tuple[int, ...] = ()  # filters of the gender branch's blocks; () = continue `filters`
+    shared_convs: int = 1  # convs in each shared block, 1 or 2 (two: the first has half the filters)
     kernel_size: int = 3  # conv kernel side
     block_order: str = "conv_bn_relu"  # conv_bn_relu | conv_relu_bn | conv_relu (no BatchNorm)
     pooling: str = "max"  # 2x2 pooling after each block: max | avg
@@ -66,9 +69,11 @@ class ModelConfig:
     dense_dropout: float = 0.5  # dropout before each branch's dense layer
     age_dense: int = 128  # width of the age branch's dense layer
     gender_dense: int = 128  # width of the gender branch's dense layer
-    l2: float = 0.0  # L2 weight decay on conv and dense kernels
+    l2: float = 0.0  # L2 weight decay on the conv and dense kernels of the shared part and the age branch
+    gender_l2: float | None = None  # L2 of the gender branch's kernels; None = `l2`
     age_activation: str = "linear"  # activation of the regression age output: linear | relu
     age_head: str = "regression"  # regression (one unit) | coral (ordinal ranks, Cao et al. 2019)
+    age_output: str = "normalised"  # regression target: normalised (age / train mean age) | years
     coral_min_age: int = 0  # CORAL: the lowest rank (age) ...
     coral_max_age: int = 116  # ... and the highest; max - min binary rank tasks
     backbone: str = "none"  # none (the conv blocks above) | a Keras application as the shared trunk
@@ -76,6 +81,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
+        object.__setattr__(self, "gender_filters", tuple(int(f) for f in self.gender_filters))
         if not isinstance(self.image_size, int) or self.image_size < 8:
             raise _invalid("image_size", "must be an integer >= 8", self.image_size)
         if self.age_head not in AGE_HEADS:
@@ -93,6 +99,7 @@ class ModelConfig:
             ("pooling", POOLINGS),
             ("head", HEADS),
             ("age_activation", AGE_ACTIVATIONS),
+            ("age_output", AGE_OUTPUTS),
         ):
             if getattr(self, name) not in allowed:
                 raise _invalid(name, f"must be one of {allowed}", getattr(self, name))
@@ -105,13 +112,16 @@ class ModelConfig:
                 raise _invalid(name, "must be >= 1", getattr(self, name))
         if self.l2 < 0:
             raise _invalid("l2", "must be >= 0", self.l2)
+        if self.gender_l2 is not None and self.gender_l2 < 0:
+            raise _invalid("gender_l2", "must be >= 0 or None", self.gender_l2)
 
     def _check_backbone(self) -> None:
         for name in ("shared_blocks", "age_blocks", "gender_blocks"):
             if getattr(self, name) != 0:
                 raise _invalid(name, f"must be 0 with backbone={self.backbone!r} (the backbone is the trunk)", getattr(self, name))
-        if self.filters:
-            raise _invalid("filters", f"must be empty with backbone={self.backbone!r}", self.filters)
+        if self.filters or self.gender_filters:
+            name = "filters" if self.filters else "gender_filters"
+            raise _invalid(name, f"must be empty with backbone={self.backbone!r}", getattr(self, name))
         smallest = BACKBONE_MIN_SIZE[self.backbone]
         if self.image_size < smallest:
             raise _invalid("image_size", f"must be >= {smallest} for backbone={self.backbone!r}", self.image_size)
@@ -136,6 +146,12 @@ class ModelConfig:
             raise _invalid("filters", f"must have one entry per block depth ({depth})", self.filters)
         if any(f < 1 for f in self.filters):
             raise _invalid("filters", "must all be >= 1", self.filters)
+        if self.gender_filters and len(self.gender_filters) != self.gender_blocks:
+            raise _invalid("gender_filters", f"must be empty or have one entry per gender block ({self.gender_blocks})", self.gender_filters)
+        if any(f < 1 for f in self.gender_filters):
+            raise _invalid("gender_filters", "must all be >= 1", self.gender_filters)
+        if self.shared_convs not in (1, 2):
+            raise _invalid("shared_convs", "must be 1 or 2", self.shared_convs)
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise _invalid("kernel_size", "must be an odd integer >= 1", self.kernel_size)
 
@@ -144,18 +160,38 @@ class ModelConfig:
         """Blocks from the input to the end of the deeper branch."""
         return self.shared_blocks + max(self.age_blocks, self.gender_blocks)
 
+    def branch_filters(self, branch: str) -> tuple[int, ...]:
+        """Filters of the blocks of `branch` ("age" or "gender") after the split."""
+        if branch == "gender" and self.gender_filters:
+            return self.gender_filters
+        blocks = self.age_blocks if branch == "age" else self.gender_blocks
+        return self.filters[self.shared_blocks : self.shared_blocks + blocks]
+
+    def branch_l2(self, branch: str) -> float:
+        """L2 of a part of the network: "shared", "age" or "gender"."""
+        return self.gender_l2 if branch == "gender" and self.gender_l2 is not None else self.l2
+
+    def age_target_scale(self, train_mean_age: float) -> float:
+        """Years per unit of the regression output: the train mean age, or 1 for years."""
+        return 1.0 if self.age_output == "years" else train_mean_age
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["filters"] = list(self.filters)
+        d["gender_filters"] = list(self.gender_filters)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        return cls(**{**d, "filters": tuple(d["filters"])})
+        """The config of `to_dict`; dicts of studies made before a field existed get its default."""
+        return cls(**{**d, "filters": tuple(d["filters"]), "gender_filters": tuple(d.get("gender_filters", ()))})
 
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 AGE_LOSSES = ("mse", "mae", "huber")
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+PRECISIONS = ("float32", "mixed_bfloat16")
+AGE_WEIGHTINGS = ("none", "sqrt_inverse", "inverse")
 
 
 @dataclass(frozen=True)
@@ -174,7 +210,11 @@ class TrainConfig:
     translation: float = 0.0  # random shift, fraction of the side
     contrast: float = 0.0  # random contrast change, fraction
     epochs: int = 10  # most epochs; early stopping may end sooner
-    patience: int = 3  # epochs without improvement of the val objective before stopping
+    patience: int | None = None  # epochs without improvement before stopping; None = max(5, epochs // 3)
+    lr_schedule: str = "constant"  # constant | plateau (halve on a 3-epoch plateau) | cosine (decay to 0 over the epochs)
+    age_weighting: str = "none"  # age loss weight per image by its decade's train frequency: none | sqrt_inverse | inverse
+    precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
+    steps_per_execution: int = 8  # batches per compiled call: fewer host round trips, same arithmetic
     freeze_epochs: int = 0  # with a backbone: epochs with it frozen before fine-tuning it
     finetune_lr_factor: float = 0.1  # learning rate multiplier once the backbone is unfrozen
 
@@ -194,12 +234,27 @@ class TrainConfig:
                 raise _invalid(name, "must be in [0, 1)", getattr(self, name))
         if self.epochs < 1:
             raise _invalid("epochs", "must be >= 1", self.epochs)
-        if self.patience < 1:
-            raise _invalid("patience", "must be >= 1", self.patience)
+        if self.patience is not None and self.patience < 1:
+            raise _invalid("patience", "must be >= 1 or None", self.patience)
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS), ("age_weighting", AGE_WEIGHTINGS)):
+            if getattr(self, name) not in allowed:
+                raise _invalid(name, f"must be one of {allowed}", getattr(self, name))
+        if self.steps_per_execution < 1:
+            raise _invalid("steps_per_execution", "must be >= 1", self.steps_per_execution)
         if self.freeze_epochs < 0:
             raise _invalid("freeze_epochs", "must be >= 0", self.freeze_epochs)
         if not 0 < self.finetune_lr_factor <= 1:
             raise _invalid("finetune_lr_factor", "must be in (0, 1]", self.finetune_lr_factor)
 
+    @property
+    def early_stopping_patience(self) -> int:
+        """`patience`, or a third of the epochs (at least 5): slow starters get to finish."""
+        return self.patience if self.patience is not None else max(5, self.epochs // 3)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config of `to_dict`; dicts of studies made before a field existed get its default."""
+        return cls(**d)

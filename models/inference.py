@@ -17,13 +17,17 @@ from agesearch.models.config import ModelConfig
 
 
 def inference_model(core: keras.Model, cfg: ModelConfig, age_scale: float) -> keras.Model:
-    """Wrap a trained model: input uint8-range images, outputs {"age": years, "gender": P(female)}."""
+    """Wrap a trained model: input uint8-range images, outputs {"age": years, "gender": P(female)}.
+
+    `age_scale` is the training's train mean age; a model whose age output is already in years
+    (`cfg.age_output == "years"`) ignores it.
+    """
     inputs = keras.Input(core.input_shape[1:], name="image")
     out = core(inputs)
     if cfg.age_head == "coral":
         age = coral.CoralAge(cfg.coral_min_age, name="age")(out["age"])
     else:
-        age = keras.layers.Rescaling(float(age_scale), name="age")(out["age"])
+        age = keras.layers.Rescaling(float(cfg.age_target_scale(age_scale)), name="age")(out["age"])
     gender = keras.layers.Identity(name="gender")(out["gender"])
     return keras.Model(inputs, {"age": age, "gender": gender}, name="agesearch_model")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -68,15 +68,16 @@ class EpochReport(keras.callbacks.Callback):
     It must come before EarlyStopping in the callback list: it writes `val_objective` into logs.
     """
 
-    def __init__(self, baselines: Baselines, reporter: Reporter | None):
+    def __init__(self, baselines: Baselines, reporter: Reporter | None, age_scale: float):
         super().__init__()
         self.b = baselines
         self.reporter = reporter
+        self.age_scale = age_scale  # years per unit of the age metrics in logs
         self.history: dict[str, list[float]] = {}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
-        scale = self.b.age_scale
+        scale = self.age_scale
         row = {
             "loss": logs.get("loss"),
             "val_loss": logs.get("val_loss"),
@@ -91,6 +92,7 @@ class EpochReport(keras.callbacks.Callback):
         row["val_objective"] = value
         # Shows the backbone freeze schedule in the learning curves.
         row["trainable_params"] = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
+        row["learning_rate"] = _current_learning_rate(self.model.optimizer)
         logs["val_objective"] = value
         for key, v in row.items():
             self.history.setdefault(key, []).append(float(v))
@@ -98,8 +100,18 @@ class EpochReport(keras.callbacks.Callback):
             raise PruneRequested(epoch, value)
 
 
-def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
+def _current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    lr = optimizer.learning_rate
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        lr = lr(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None, *, decay_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """The configured optimizer; with `lr_schedule="cosine"` its rate decays to 0 over `decay_steps`."""
     lr = cfg.learning_rate if learning_rate is None else learning_rate
+    if cfg.lr_schedule == "cosine" and decay_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps)
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(lr)
     if cfg.optimizer == "adamw":
@@ -127,7 +139,9 @@ def augmentation_layers(cfg: TrainConfig) -> list[keras.layers.Layer]:
     return out
 
 
-def build_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig, *, age_scale: float = 1.0, learning_rate: float | None = None) -> keras.Model:
+def build_trainable(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, *, age_scale: float = 1.0, learning_rate: float | None = None, age_weights: np.ndarray | None = None, decay_steps: int | None = None
+) -> keras.Model:
     """The search model with augmentation in front, compiled.
 
     The regression head learns age / age_scale with the configured loss; the CORAL head
@@ -144,22 +158,78 @@ def build_trainable(model_cfg: ModelConfig, train_cfg: TrainConfig, *, age_scale
         model = keras.Model(inputs, core(x), name="agesearch_train")
     else:
         model = core
-    compile_model(model, model_cfg, train_cfg, age_scale=age_scale, learning_rate=learning_rate)
+    compile_model(model, model_cfg, train_cfg, age_scale=age_scale, learning_rate=learning_rate, age_weights=age_weights, decay_steps=decay_steps)
     return model
 
 
-def compile_model(model: keras.Model, model_cfg: ModelConfig, train_cfg: TrainConfig, *, age_scale: float, learning_rate: float | None = None) -> None:
+def compile_model(
+    model: keras.Model,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    age_scale: float,
+    learning_rate: float | None = None,
+    age_weights: np.ndarray | None = None,
+    decay_steps: int | None = None,
+) -> None:
+    """Compile with the configured losses; `age_weights` (per decade) weight the regression age loss."""
     if model_cfg.age_head == "coral":
         age_loss, age_metric = coral_loss, CoralMAE(scale=age_scale, name="mae")
     else:
-        age_loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber()}[train_cfg.age_loss]
+        age_loss = {"mse": keras.losses.MeanSquaredError(), "mae": keras.losses.MeanAbsoluteError(), "huber": keras.losses.Huber()}[train_cfg.age_loss]
+        if age_weights is not None:
+            age_loss = DecadeWeightedLoss(age_loss, age_weights, age_scale)
         age_metric = "mae"
+    # Several batches per compiled call cut the host round trips that dominate small models on a
+    # GPU; the PyTorch backend runs one step per call whatever is asked.
+    spe = train_cfg.steps_per_execution if keras.backend.backend() != "torch" else 1
     model.compile(
-        optimizer=make_optimizer(train_cfg, learning_rate),
+        steps_per_execution=spe,
+        optimizer=make_optimizer(train_cfg, learning_rate, decay_steps=decay_steps),
         loss={"age": age_loss, "gender": "binary_crossentropy"},
         loss_weights={"age": train_cfg.age_loss_weight, "gender": 1.0},
         metrics={"age": [age_metric], "gender": ["accuracy"]},
     )
+
+
+class DecadeWeightedLoss(keras.losses.Loss):
+    """A regression age loss with each image weighted by its true age decade.
+
+    Keras' `sample_weight` weighs every output's loss alike; this weighs the age loss only, so
+    rare old faces pull on the age head without changing the gender head's balance.
+    """
+
+    def __init__(self, base: keras.losses.Loss, decade_weights: np.ndarray, age_scale: float, **kwargs):
+        super().__init__(name=f"decade_weighted_{base.name}", **kwargs)
+        self.base = base
+        self.decade_weights = np.asarray(decade_weights, np.float32)
+        self.age_scale = float(age_scale)
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1, 1))  # targets arrive as (batch,)
+        y_pred = ops.reshape(y_pred, (-1, 1))
+        decade = ops.clip(ops.cast(ops.floor(y_true[:, 0] * self.age_scale / 10.0), "int32"), 0, len(self.decade_weights) - 1)
+        weight = ops.take(ops.convert_to_tensor(self.decade_weights), decade)
+        # The base loss per image (its reduction is undone by calling its function directly).
+        per_image = self.base.fn(y_true, y_pred, **self.base._fn_kwargs)
+        return per_image * ops.cast(weight, per_image.dtype)
+
+
+def decade_weights(ages: np.ndarray, weighting: str) -> np.ndarray | None:
+    """Per-decade age-loss weights from the train ages: inverse (or its square root) frequency.
+
+    Normalised so that the mean weight over the train images is 1 (the loss keeps its scale).
+    Decades 0..11 (0-9 ... 110-119); a decade with no train image gets the largest weight seen.
+    """
+    if weighting == "none":
+        return None
+    counts = np.bincount(np.clip(ages // 10, 0, 11).astype(int), minlength=12).astype(np.float64)
+    power = 0.5 if weighting == "sqrt_inverse" else 1.0
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1) ** power, 0.0)
+    w[counts == 0] = w.max()
+    w /= np.sum(w * counts) / np.sum(counts)
+    return w.astype(np.float32)
 
 
 def age_targets(model_cfg: ModelConfig, ages: np.ndarray, age_scale: float) -> np.ndarray:
@@ -179,6 +249,7 @@ class FitResult:
     epochs_run: int
     seconds: float
     params: int
+    val_age_mae_by_decade: dict[str, float] = field(default_factory=dict)  # best epoch's val MAE per true-age decade
     model: keras.Model | None = None  # the bare two-branch model (no augmentation), with keep_model
 
 
@@ -198,21 +269,38 @@ def fit(
     says prune, TrialFailed on NaN, and whatever Keras raises (out of memory, ...).
     """
     keras.backend.clear_session()
-    start = time.perf_counter()
-    scale = data.baselines.age_scale
-    model = build_trainable(model_cfg, train_cfg, age_scale=scale)
-    report = EpochReport(data.baselines, reporter)
+    keras.mixed_precision.set_global_policy(train_cfg.precision)
+    try:
+        return _fit(model_cfg, train_cfg, data, reporter, keep_model=keep_model, on_history=on_history, early_stopping=early_stopping)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _callbacks(train_cfg: TrainConfig, report: EpochReport, early_stopping: bool) -> list[keras.callbacks.Callback]:
+    """EpochReport first: it writes `val_objective` into the logs that the others read."""
     callbacks: list[keras.callbacks.Callback] = [report]
+    if train_cfg.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_objective", mode="min", factor=0.5, patience=3, min_lr=train_cfg.learning_rate / 64))
     if early_stopping:  # off for a refit whose "val" is inside the training data: keep the last epoch
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_objective", mode="min", patience=train_cfg.patience, restore_best_weights=True)
+            keras.callbacks.EarlyStopping(monitor="val_objective", mode="min", patience=train_cfg.early_stopping_patience, restore_best_weights=True)
         )
+    return callbacks
+
+
+def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_stopping) -> FitResult:
+    start = time.perf_counter()
+    scale = model_cfg.age_target_scale(data.baselines.age_scale)
+    steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
+    weights = decade_weights(data.age_train, train_cfg.age_weighting)
+    model = build_trainable(model_cfg, train_cfg, age_scale=scale, age_weights=weights, decay_steps=steps)
+    report = EpochReport(data.baselines, reporter, scale)
     fit_kwargs = dict(
         x=data.x_train,
         y={"age": age_targets(model_cfg, data.age_train, scale), "gender": data.gender_train},
         validation_data=(data.x_val, {"age": age_targets(model_cfg, data.age_val, scale), "gender": data.gender_val}),
         batch_size=train_cfg.batch_size,
-        callbacks=callbacks,
+        callbacks=_callbacks(train_cfg, report, early_stopping),
         verbose=0,
     )
     freeze = model_cfg.backbone != "none" and train_cfg.freeze_epochs > 0
@@ -224,18 +312,20 @@ def fit(
             # two fits around a recompile (the Keras transfer-learning guide's recipe).
             backbone = _find_layer(model, "backbone")
             backbone.trainable = False
-            compile_model(model, model_cfg, train_cfg, age_scale=scale)
+            compile_model(model, model_cfg, train_cfg, age_scale=scale, age_weights=weights, decay_steps=steps)
             frozen = min(train_cfg.freeze_epochs, train_cfg.epochs)
             model.fit(epochs=frozen, **fit_kwargs)
             if frozen < train_cfg.epochs and not model.stop_training:
                 backbone.trainable = True
-                compile_model(model, model_cfg, train_cfg, age_scale=scale, learning_rate=train_cfg.learning_rate * train_cfg.finetune_lr_factor)
+                lr = train_cfg.learning_rate * train_cfg.finetune_lr_factor
+                compile_model(model, model_cfg, train_cfg, age_scale=scale, learning_rate=lr, age_weights=weights, decay_steps=steps)
                 model.fit(epochs=train_cfg.epochs, initial_epoch=frozen, **fit_kwargs)
     finally:
         if on_history is not None:
             on_history(report.history)
     h = report.history
     best = int(np.argmin(h["val_objective"]))
+    core = _core_model(model)
     return FitResult(
         history=h,
         best_epoch=best,
@@ -245,8 +335,18 @@ def fit(
         epochs_run=len(h["val_objective"]),
         seconds=time.perf_counter() - start,
         params=int(model.count_params()),
-        model=_core_model(model) if keep_model else None,
+        val_age_mae_by_decade=_val_mae_by_decade(core, model_cfg, data),
+        model=core if keep_model else None,
     )
+
+
+def _val_mae_by_decade(core: keras.Model, model_cfg: ModelConfig, data: TrainingData) -> dict[str, float]:
+    """The restored (best) weights' val age MAE per true-age decade, in years."""
+    from agesearch.models.inference import inference_model
+    from agesearch.search.metrics import per_decade_mae, predict_age_gender
+
+    pred_age, _ = predict_age_gender(inference_model(core, model_cfg, data.baselines.age_scale), data.x_val)
+    return {k: round(v, 3) for k, v in per_decade_mae(data.age_val, pred_age)[0].items()}
 
 
 def _core_model(model: keras.Model) -> keras.Model:
