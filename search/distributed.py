@@ -8,7 +8,7 @@ The shape (see DESIGN.md, "Known pitfalls"):
     launch one task per trial  ------------------> fresh process (max_calls=1): train
     mailbox actor <---- (epoch, value) ---------- reporter(epoch, value)
     trial.report / should_prune --- prune? -----> raises PruneRequested when told to
-    study.tell(outcome) <------- TrialOutcome --- returns COMPLETE / PRUNED / FAIL
+    tell_outcome(...) <--------- TrialOutcome --- returns COMPLETE / PRUNED / FAIL
 
 The driver is the only process that writes to the study's storage, so SQLite sees one writer
 wherever the workers run, and `agesearch report` / optuna-dashboard can read the file (WAL) at
@@ -22,11 +22,9 @@ without it installed.
 from __future__ import annotations
 
 import asyncio
-import copy
 import math
 import os
 import socket
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -36,10 +34,19 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from agesearch.search.objective import COMPLETE, PRUNED, TrialOutcome
+from agesearch.search.errors import DistributedError  # raised here, caught by the CLI
+from agesearch.search.study import finished_count, with_retries
+from agesearch.search.trial import (
+    SearchInterrupted,
+    TrialOutcome,
+    exit_on_second_interrupt,
+    fail_trial,
+    interrupted_line,
+    model_path,
+    tell_outcome,
+)
 
 INSTALL_HINT = 'Ray is not installed; install it with: pip install "agesearch[ray]"'
 
@@ -50,12 +57,6 @@ GPU_MEMORY_ENV = {
     "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
     "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
 }
-
-# Storage calls that fail this way are retried: a locked or briefly unreachable database.
-RETRY_ATTEMPTS = 6
-
-
-from agesearch.search.errors import DistributedError  # noqa: E402  (raised here, caught by the CLI)
 
 
 def import_ray():
@@ -200,7 +201,7 @@ def _worker_main(work: Callable, number: int, payload: Any, data: Any, mailbox, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Work functions: what a worker runs for one trial. Module-level so Ray pickles them by name.
+# The work of one agesearch trial in a worker. Module-level so Ray pickles it by name.
 
 
 @dataclass(frozen=True)
@@ -215,58 +216,11 @@ class TrainPayload:
 
 def train_work(payload: TrainPayload, data, reporter) -> TrialOutcome:
     """Train one sampled config (in a fresh worker process); never raises for a trial failure."""
-    from agesearch.search.objective import train_configs  # imports Keras, in the worker only
+    from agesearch.search.trial import train_configs  # imports Keras, in the worker only
 
     if payload.model_path is not None:
         Path(payload.model_path).parent.mkdir(parents=True, exist_ok=True)
     return train_configs(payload.model_cfg, payload.train_cfg, data, reporter, multi=payload.multi, model_path=payload.model_path)
-
-
-def sleep_work(payload: dict, data, reporter) -> TrialOutcome:
-    """A trial without Keras for load tests of the driver and storage: `steps` reports.
-
-    `payload`: {"x": float, "steps": int, "seconds": float per step, "crash": bool}.
-    """
-    value = 0.0
-    for step in range(payload.get("steps", 5)):
-        time.sleep(payload.get("seconds", 0.0))
-        value = (payload["x"] - 0.3) ** 2 + 1.0 / (step + 1)
-        if reporter is not None and reporter(step, value):
-            return TrialOutcome(PRUNED, None, {"pruned_at_epoch": step})
-    if payload.get("crash"):
-        os._exit(1)  # like a SIGKILL'd worker: no exception, the process is gone
-    return TrialOutcome(COMPLETE, [value], {"objective": value, "pid": os.getpid()})
-
-
-# ---------------------------------------------------------------------------------------------
-# Storage calls with retries
-
-
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    import sqlalchemy.exc
-
-    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
-
-
-def _retry(call: Callable[[int], Any], what: str) -> Any:
-    """Run `call(attempt)`, retrying transient storage errors with backoff.
-
-    Optuna's RDBStorage rolls a failed call back but does not retry it; a SQLite file that is
-    locked for longer than the busy timeout (a reader's checkpoint, NFS) or a remote database
-    that drops a connection should not cost a trial.
-    """
-    errors = _transient_errors()
-    delay = 0.2
-    for attempt in range(RETRY_ATTEMPTS):
-        try:
-            return call(attempt)
-        except errors as e:
-            if attempt == RETRY_ATTEMPTS - 1:
-                raise
-            print(f"storage: {what} failed ({type(e).__name__}); retrying in {delay:.1f}s", file=sys.stderr, flush=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,27 +250,19 @@ class DriveStats:
     trial_numbers: list[int] = field(default_factory=list)
 
 
-def fail_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial, reason: str, *, max_retries: int) -> tuple[FrozenTrial, bool]:
-    """Tell a trial FAIL with `fail_reason`, and enqueue its parameters again if retries are left.
+@dataclass(frozen=True)
+class DriveOptions:
+    """How a Driver runs trials; see `drive` for each field."""
 
-    The retry is Optuna's own RetryHeartbeatStaleTrialCallback (system attrs `failed_trial`,
-    `retry_history`, which `finished_count` reads) with user attrs `retry_of` (the failed
-    trial's number) and `retry_count` (1 for the first retry). Returns (frozen trial, retried).
-    """
-    if isinstance(trial, FrozenTrial):
-        # A trial of a dead driver: only its id is known. Trial(study, id) is Optuna's public
-        # constructor; `_trial_id` is the one private field needed to reach it.
-        trial = optuna.Trial(study, trial._trial_id)  # noqa: SLF001
-    _retry(lambda a: trial.set_user_attr("fail_reason", reason[:500]), "set fail_reason")
-    frozen = _retry(lambda a: study.tell(trial, state=TrialState.FAIL, skip_if_finished=a > 0), f"tell trial {trial.number} FAIL")
-    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    retry_count = len(history) + 1
-    if retry_count > max_retries:
-        return frozen, False
-    view = copy.copy(frozen)  # the callback copies user attrs: give the retry its own
-    view.user_attrs = {"retry_of": frozen.number, "retry_count": retry_count}
-    _retry(lambda a: RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, view), f"re-enqueue trial {frozen.number}")
-    return frozen, True
+    n_trials: int
+    workers: int
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_retries: int = 1
+    timeout: float | None = None
+    fresh_process: bool = True
+    env: dict[str, str] | None = None
+    report_epochs: bool = True
 
 
 def fail_stale_trials(study: optuna.Study, *, max_retries: int, progress: Callable[[str], None] = print) -> int:
@@ -329,6 +275,189 @@ def fail_stale_trials(study: optuna.Study, *, max_retries: int, progress: Callab
         _, retried = fail_trial(study, t, "left RUNNING by an earlier driver that stopped (killed or crashed)", max_retries=max_retries)
         progress(f"trial {t.number:>4} FAIL     left RUNNING by an earlier run{'; its parameters are enqueued again' if retried else ''}")
     return len(stale)
+
+
+class Driver:
+    """Owns the study while Ray workers train: a loop of named steps, its state in fields.
+
+    `run()` repeats: `launch` trials up to the worker count, wait for Ray, then
+    `on_reports` (epoch values -> pruner answers), `on_done` (a worker returned an outcome)
+    or `on_worker_died`; Ctrl-C goes to `on_interrupt`. The shape of Ray Tune's
+    `TuneController.step()`.
+    """
+
+    def __init__(self, study: optuna.Study, sample: Callable[[optuna.Trial], Any], work: Callable, data: Any,
+                 options: DriveOptions, *, callbacks: Sequence[Callable] = (), on_epoch: Callable | None = None,
+                 progress: Callable[[str], None] = print):
+        import ray
+
+        self.ray, self.study, self.sample, self.work, self.options = ray, study, sample, work, options
+        self.callbacks, self.on_epoch, self.progress = list(callbacks), on_epoch, progress
+        self.stats = DriveStats()
+        self.start = time.monotonic()
+        self.running: dict[Any, _Running] = {}  # Ray object ref -> trial
+        self.by_number: dict[int, _Running] = {}
+        self.single = len(study.directions) == 1
+        self.minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
+        self.counts = {s: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        self.best: tuple[float, int] | None = None
+        self.last_line = ""
+        self.remote = ray.remote(
+            num_cpus=options.cpus_per_trial,
+            num_gpus=options.gpus_per_trial,
+            max_calls=1 if options.fresh_process else 0,
+            # A dead worker must come back to the driver as an error, for the study to record the
+            # FAIL and enqueue a new trial; Ray's own task retry would hide it.
+            max_retries=0,
+            retry_exceptions=False,
+            runtime_env={"env_vars": dict(options.env or {})},
+        )(_worker_main)
+        self.mailbox = _mailbox_actor(ray)
+        self.data_ref = ray.put(data)  # once: every trial reads the same object-store copy
+        self.report = options.report_epochs and self.single
+
+    def run(self) -> DriveStats:
+        fail_stale_trials(self.study, max_retries=self.options.max_retries, progress=self.progress)
+        self.finished = finished_count(self.study)
+        for t in self.study.get_trials(deepcopy=False, states=tuple(self.counts)):
+            self.counts[t.state] += 1
+            if t.state == TrialState.COMPLETE:
+                self.best = _better(self.best, t, self.single, self.minimize)
+        take_ref = self.mailbox.take.remote(1.0)
+        try:
+            while True:
+                while self._may_launch():
+                    self.launch()
+                self.show()
+                if not self.running:
+                    break
+                ready, _ = self.ray.wait([take_ref, *self.running], num_returns=1, timeout=None)
+                if take_ref in ready:
+                    # Reports first: a worker returns only after its last report was answered.
+                    self.on_reports(self.ray.get(take_ref))
+                    take_ref = self.mailbox.take.remote(1.0)
+                for ref in ready:
+                    if ref in self.running:
+                        self.on_done(ref)
+                self.show()
+        except KeyboardInterrupt:
+            self.on_interrupt()
+        finally:
+            self.stats.seconds = time.monotonic() - self.start
+            self.stats.finished = self.finished
+            self.ray.kill(self.mailbox)
+        return self.stats
+
+    def _may_launch(self) -> bool:
+        o = self.options
+        out_of_time = o.timeout is not None and time.monotonic() - self.start > o.timeout
+        return not out_of_time and len(self.running) < o.workers and self.finished + len(self.running) < o.n_trials
+
+    def launch(self) -> None:
+        """Ask the study for a trial (an enqueued one first), sample it, start its worker."""
+        with warnings.catch_warnings():
+            # The CLI's storage has heartbeats for the in-process path; ask/tell trials here have
+            # none, and a dead worker is handled by this driver instead (Optuna warns about that).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = with_retries(lambda a: self.study.ask(), "ask")
+        try:
+            payload = self.sample(trial)
+        except Exception as e:  # a space that cannot sample: the trial fails, the search goes on
+            outcome = TrialOutcome(TrialState.FAIL, None, {"fail_reason": f"sampling failed: {type(e).__name__}: {e}"[:500]})
+            self._told(tell_outcome(self.study, trial, outcome), retried=False)
+            self.progress(f"trial {trial.number:>4} FAIL     sampling failed: {type(e).__name__}: {e}")
+            return
+        ref = self.remote.remote(self.work, trial.number, payload, self.data_ref, self.mailbox, self.report)
+        r = _Running(trial, time.monotonic())
+        self.running[ref] = r
+        self.by_number[trial.number] = r
+        self.stats.trial_numbers.append(trial.number)
+
+    def on_reports(self, messages: list[tuple]) -> None:
+        """Workers' messages: where a trial runs, and epoch values answered with prune or not."""
+        answers = []
+        for m in messages:
+            r = self.by_number.get(m[1])
+            if m[0] == "started":
+                if r is not None:
+                    r.pid, r.host = m[2], m[3]
+                    with_retries(lambda a: r.trial.set_user_attr("worker", {"pid": m[2], "host": m[3]}), "set worker")
+                continue
+            _, number, epoch, value = m
+            self.stats.reports += 1
+            prune = False
+            if r is not None:
+                if self.on_epoch is not None:
+                    self.on_epoch(number, epoch, value)
+                with_retries(lambda a: r.trial.report(value, step=epoch), "report")
+                prune = with_retries(lambda a: r.trial.should_prune(), "should_prune")
+            answers.append((number, epoch, bool(prune)))
+        if answers:
+            self.mailbox.answer.remote(answers)
+
+    def on_done(self, ref) -> None:
+        """A worker returned: tell its outcome, or handle the worker's death."""
+        r = self.running.pop(ref)
+        self.by_number.pop(r.trial.number, None)
+        try:
+            outcome: TrialOutcome = self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:
+            self.on_worker_died(r, e)
+            return
+        frozen = tell_outcome(self.study, r.trial, outcome)
+        if frozen.state == TrialState.COMPLETE:
+            self.stats.complete += 1
+        elif frozen.state == TrialState.PRUNED:
+            self.stats.pruned += 1
+        else:
+            self.stats.failed += 1
+        self._told(frozen, retried=False)
+
+    def on_worker_died(self, r: _Running, e: BaseException) -> None:
+        """SIGKILL, out of memory, node lost: FAIL, and run the params again within max_retries."""
+        self.mailbox.forget.remote(r.trial.number)
+        reason = f"worker died: {_ray_reason(e)}"
+        frozen, retried = fail_trial(self.study, r.trial, reason, max_retries=self.options.max_retries)
+        self.stats.failed += 1
+        self.stats.retried += retried
+        self._told(frozen, retried=retried)
+        self.progress(f"trial {r.trial.number:>4} FAIL     {reason}{'; its parameters are enqueued again' if retried else ''}")
+
+    def on_interrupt(self) -> None:
+        """Ctrl-C: stop the workers, fail their trials and enqueue them again; one line up."""
+        exit_on_second_interrupt()
+        self.stats.interrupted = True
+        numbers = []
+        for ref, r in list(self.running.items()):
+            self.ray.cancel(ref, force=True)
+            frozen, retried = fail_trial(self.study, r.trial, "interrupted (Ctrl-C)", max_retries=None)
+            self.stats.failed += 1
+            self.stats.retried += retried
+            self._told(frozen, retried=retried)
+            numbers.append(r.trial.number)
+        self.running.clear()
+        raise SearchInterrupted(interrupted_line(numbers))
+
+    def _told(self, frozen: FrozenTrial, *, retried: bool) -> None:
+        self.counts[frozen.state] += 1
+        if not retried:
+            self.finished += 1
+        if frozen.state == TrialState.COMPLETE:
+            self.best = _better(self.best, frozen, self.single, self.minimize)
+        for cb in self.callbacks:
+            cb(self.study, frozen)
+
+    def show(self) -> None:
+        """The driver's status line, printed when it changes."""
+        b = f"best {self.best[0]:.4f} (#{self.best[1]})" if self.best else "no best yet"
+        c = self.counts
+        line = (
+            f"{self.finished}/{self.options.n_trials} finished: {c[TrialState.COMPLETE]} complete, "
+            f"{c[TrialState.PRUNED]} pruned, {c[TrialState.FAIL]} failed, {len(self.running)} running; {b}"
+        )
+        if line != self.last_line:  # print on change only, not every tick
+            self.last_line = line
+            self.progress(f"[{_clock(time.monotonic() - self.start)}] {line}")
 
 
 def drive(
@@ -347,6 +476,7 @@ def drive(
     env: dict[str, str] | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     report_epochs: bool = True,
+    on_epoch: Callable[[int, int, float], None] | None = None,
     progress: Callable[[str], None] = print,
 ) -> DriveStats:
     """Run trials on Ray (already initialised) until the study holds `n_trials` finished ones.
@@ -365,171 +495,14 @@ def drive(
         env: environment variables of the workers (Ray runtime_env).
         callbacks: Optuna-style `(study, frozen_trial)` calls after each trial is told.
         report_epochs: send each epoch's value to the study (single-objective only).
+        on_epoch: `(trial number, epoch, value)` after each reported epoch (live progress).
         progress: where progress lines go.
 
-    Ctrl-C fails the running trials (and enqueues them again within `max_retries`) and
-    re-raises KeyboardInterrupt.
+    Raises:
+        SearchInterrupted: Ctrl-C; the running trials were failed and enqueued again.
     """
-    import ray
-
-    from agesearch.search.study import finished_count
-
-    start = time.monotonic()
-    stats = DriveStats()
-    fail_stale_trials(study, max_retries=max_retries, progress=progress)
-    finished = finished_count(study)
-    counts = {s: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    for t in study.get_trials(deepcopy=False, states=tuple(counts)):
-        counts[t.state] += 1
-    single = len(study.directions) == 1
-    minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
-    best: tuple[float, int] | None = None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        best = _better(best, t, single, minimize)
-
-    remote = ray.remote(
-        num_cpus=cpus_per_trial,
-        num_gpus=gpus_per_trial,
-        max_calls=1 if fresh_process else 0,
-        # A dead worker must come back to the driver as an error, for the study to record the
-        # FAIL and enqueue a new trial; Ray's own task retry would hide it.
-        max_retries=0,
-        retry_exceptions=False,
-        runtime_env={"env_vars": dict(env or {})},
-    )(_worker_main)
-    mailbox = _mailbox_actor(ray)
-    data_ref = ray.put(data)  # once: every trial reads the same object-store copy
-    report = report_epochs and single
-
-    running: dict[Any, _Running] = {}
-    by_number: dict[int, _Running] = {}
-    take_ref = mailbox.take.remote(1.0)
-    last_line = ""
-
-    def show() -> None:
-        nonlocal last_line
-        b = f"best {best[0]:.4f} (#{best[1]})" if best else "no best yet"
-        line = (
-            f"[{_clock(time.monotonic() - start)}] {finished}/{n_trials} finished: "
-            f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-            f"{counts[TrialState.FAIL]} failed, {len(running)} running; {b}"
-        )
-        if line.split("] ", 1)[1] != last_line:  # print on change only, not every tick
-            last_line = line.split("] ", 1)[1]
-            progress(line)
-
-    def launch() -> None:
-        with warnings.catch_warnings():
-            # The CLI's storage has heartbeats for the sequential path; ask/tell trials have
-            # none, and a dead worker is handled here instead (Optuna warns about exactly that).
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            trial = _retry(lambda a: study.ask(), "ask")
-        try:
-            payload = sample(trial)
-        except Exception as e:  # a space that cannot sample: the trial fails, the search goes on
-            frozen = _retry(lambda a: study.tell(trial, state=TrialState.FAIL, skip_if_finished=a > 0), "tell FAIL")
-            finish_bookkeeping(frozen, retried=False)
-            progress(f"trial {trial.number:>4} FAIL     sampling failed: {type(e).__name__}: {e}")
-            return
-        ref = remote.remote(work, trial.number, payload, data_ref, mailbox, report)
-        r = _Running(trial, time.monotonic())
-        running[ref] = r
-        by_number[trial.number] = r
-        stats.trial_numbers.append(trial.number)
-
-    def finish_bookkeeping(frozen: FrozenTrial, *, retried: bool) -> None:
-        nonlocal finished, best
-        counts[frozen.state] += 1
-        if not retried:
-            finished += 1
-        if frozen.state == TrialState.COMPLETE:
-            best = _better(best, frozen, single, minimize)
-        for cb in callbacks:
-            cb(study, frozen)
-
-    def handle_messages(messages: list[tuple]) -> None:
-        answers = []
-        for m in messages:
-            r = by_number.get(m[1])
-            if m[0] == "started":
-                if r is not None:
-                    r.pid, r.host = m[2], m[3]
-                    trial = r.trial
-                    _retry(lambda a: trial.set_user_attr("worker", {"pid": m[2], "host": m[3]}), "set worker")
-                continue
-            _, number, epoch, value = m
-            stats.reports += 1
-            prune = False
-            if r is not None:
-                trial = r.trial
-                _retry(lambda a: trial.report(value, step=epoch), "report")
-                prune = _retry(lambda a: trial.should_prune(), "should_prune")
-            answers.append((number, epoch, bool(prune)))
-        if answers:
-            mailbox.answer.remote(answers)
-
-    def handle_done(ref) -> None:
-        r = running.pop(ref)
-        by_number.pop(r.trial.number, None)
-        trial = r.trial
-        try:
-            outcome: TrialOutcome = ray.get(ref)
-        except ray.exceptions.RayError as e:
-            # The worker died (SIGKILL, out of memory, node lost) or the task could not run.
-            mailbox.forget.remote(trial.number)
-            reason = f"worker died: {_ray_reason(e)}"
-            frozen, retried = fail_trial(study, trial, reason, max_retries=max_retries)
-            stats.failed += 1
-            stats.retried += retried
-            finish_bookkeeping(frozen, retried=retried)
-            progress(f"trial {trial.number:>4} FAIL     {reason}{'; its parameters are enqueued again' if retried else ''}")
-            return
-        for key, value in outcome.user_attrs.items():
-            _retry(lambda a: trial.set_user_attr(key, value), f"set {key}")
-        if outcome.state == COMPLETE:
-            frozen = _retry(lambda a: study.tell(trial, outcome.values, skip_if_finished=a > 0), "tell COMPLETE")
-            stats.complete += 1
-        elif outcome.state == PRUNED:
-            frozen = _retry(lambda a: study.tell(trial, state=TrialState.PRUNED, skip_if_finished=a > 0), "tell PRUNED")
-            stats.pruned += 1
-        else:  # the trial's own failure (NaN, out of memory): not retried, it would fail again
-            frozen = _retry(lambda a: study.tell(trial, state=TrialState.FAIL, skip_if_finished=a > 0), "tell FAIL")
-            stats.failed += 1
-        finish_bookkeeping(frozen, retried=False)
-
-    try:
-        while True:
-            out_of_time = timeout is not None and time.monotonic() - start > timeout
-            while not out_of_time and len(running) < workers and finished + len(running) < n_trials:
-                launch()
-            show()
-            if not running:
-                break
-            ready, _ = ray.wait([take_ref, *running], num_returns=1, timeout=None)
-            if take_ref in ready:
-                # Reports first: a worker returns only after its last report was answered.
-                handle_messages(ray.get(take_ref))
-                take_ref = mailbox.take.remote(1.0)
-            for ref in ready:
-                if ref in running:
-                    handle_done(ref)
-            show()
-    except KeyboardInterrupt:
-        stats.interrupted = True
-        for ref, r in list(running.items()):
-            ray.cancel(ref, force=True)
-            frozen, retried = fail_trial(study, r.trial, "interrupted (Ctrl-C)", max_retries=max_retries)
-            stats.failed += 1
-            stats.retried += retried
-            finish_bookkeeping(frozen, retried=retried)
-        running.clear()
-        show()
-        raise
-    finally:
-        stats.seconds = time.monotonic() - start
-        stats.finished = finished
-        ray.kill(mailbox)
-    return stats
+    options = DriveOptions(n_trials, workers, cpus_per_trial, gpus_per_trial, max_retries, timeout, fresh_process, env, report_epochs)
+    return Driver(study, sample, work, data, options, callbacks=callbacks, on_epoch=on_epoch, progress=progress).run()
 
 
 def _better(best: tuple[float, int] | None, t: FrozenTrial, single: bool, minimize: bool) -> tuple[float, int] | None:
@@ -570,74 +543,66 @@ def worker_env(cache_dir: Path | None) -> dict[str, str]:
     return env
 
 
+def _check_resources(ray, workers: int, gpus_per_trial: float | None, cpus_per_trial: float, address: str | None, max_retries: int,
+                     progress: Callable[[str], None]) -> float:
+    """The GPUs per trial to use (default: 1 if the cluster has GPUs), or DistributedError."""
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    if gpus_per_trial is None:
+        gpus_per_trial = 1.0 if gpus >= 1 else 0.0
+    if gpus_per_trial > gpus:
+        raise DistributedError(f"--gpus-per-trial {gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs")
+    if cpus_per_trial > resources.get("CPU", 0.0):
+        raise DistributedError(f"--cpus-per-trial {cpus_per_trial:g} but the Ray cluster has {resources.get('CPU', 0.0):g} CPUs")
+    where = f"Ray cluster at {address}" if address else "local Ray runtime"
+    progress(
+        f"ray: {where} with {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; up to {workers} trials at once, "
+        f"{cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU each, retries {max_retries}"
+    )
+    return gpus_per_trial
+
+
 def run_distributed(
     study: optuna.Study,
-    space,
-    data,
+    task,
     *,
     n_trials: int,
-    image_size: int,
-    epochs: int,
-    multi: bool,
     workers: int = 1,
     gpus_per_trial: float | None = None,
     cpus_per_trial: float = 1.0,
     address: str | None = None,
     max_retries: int = 1,
     timeout: float | None = None,
-    models_dir: Path | None = None,
     cache_dir: Path | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    on_epoch: Callable[[int, int, float], None] | None = None,
     progress: Callable[[str], None] = print,
 ) -> DriveStats:
-    """`agesearch run --workers N / --address`: the search's trials on Ray.
+    """`agesearch run --workers N / --address`: the search's trials (`task`, a run.SearchTask) on Ray.
 
     Starts a local Ray runtime (or joins `address`), runs trials until the study holds
     `n_trials` finished ones, and leaves Ray as it found it. Completed trials' models are
-    written by the worker to `models_dir/trial-N.keras` (an absolute path: on a cluster, the
-    file lands on the worker's machine under that path unless the folder is shared), and the
-    callbacks (BestModelKeeper, a progress line) run on the driver after each trial.
+    written by the worker to `model_path(task.models_dir, N)` (an absolute path: on a cluster,
+    the file lands on the worker's machine under that path unless the folder is shared), and
+    the callbacks (BestModelKeeper, a progress line) run on the driver after each trial.
 
     Raises:
         DistributedError: Ray missing, cluster unreachable, resources the cluster lacks.
     """
-    from agesearch.search.objective import sample_configs
+    from agesearch.search.trial import sample_configs
 
     local_cpus = max(os.cpu_count() or 1, math.ceil(workers * cpus_per_trial))
     with ray_runtime(address, num_cpus=local_cpus) as ray:
-        resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0.0)
-        if gpus_per_trial is None:
-            gpus_per_trial = 1.0 if gpus >= 1 else 0.0
-        if gpus_per_trial > gpus:
-            raise DistributedError(f"--gpus-per-trial {gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs")
-        if cpus_per_trial > resources.get("CPU", 0.0):
-            raise DistributedError(f"--cpus-per-trial {cpus_per_trial:g} but the Ray cluster has {resources.get('CPU', 0.0):g} CPUs")
-        where = f"Ray cluster at {address}" if address else "local Ray runtime"
-        progress(
-            f"ray: {where} with {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; up to {workers} trials at once, "
-            f"{cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU each, retries {max_retries}"
-        )
-        directory = None if models_dir is None else Path(models_dir).resolve()
+        gpus_per_trial = _check_resources(ray, workers, gpus_per_trial, cpus_per_trial, address, max_retries, progress)
+        directory = None if task.models_dir is None else Path(task.models_dir).resolve()
 
         def sample(trial: optuna.Trial) -> TrainPayload:
-            model_cfg, train_cfg = sample_configs(trial, space, image_size, epochs)
-            path = None if directory is None else str(directory / f"trial-{trial.number}.keras")
-            return TrainPayload(model_cfg, train_cfg, multi, path)
+            model_cfg, train_cfg = sample_configs(trial, task.space, task.image_size, task.epochs)
+            path = None if directory is None else str(model_path(directory, trial.number))
+            return TrainPayload(model_cfg, train_cfg, task.multi, path)
 
         return drive(
-            study,
-            sample=sample,
-            work=train_work,
-            data=data,
-            n_trials=n_trials,
-            workers=workers,
-            cpus_per_trial=cpus_per_trial,
-            gpus_per_trial=gpus_per_trial,
-            max_retries=max_retries,
-            timeout=timeout,
-            env=worker_env(cache_dir),
-            callbacks=callbacks,
-            report_epochs=not multi,
-            progress=progress,
+            study, sample=sample, work=train_work, data=task.data, n_trials=n_trials, workers=workers,
+            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_retries=max_retries, timeout=timeout,
+            env=worker_env(cache_dir), callbacks=callbacks, report_epochs=not task.multi, on_epoch=on_epoch, progress=progress,
         )

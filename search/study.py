@@ -1,22 +1,36 @@
-"""Study storage: SQLite (WAL on) under studies/, created and loaded only through Optuna."""
+"""Study storage: SQLite (WAL on) under studies/, created and loaded only through Optuna.
+
+Also the study-level rules every command shares: which trial is "the best" (`best_trial`),
+how many trials count toward `--n-trials` (`finished_count`, `active_count`), storage calls
+that retry transient errors (`with_retries`), and the baseline trials of a new study.
+"""
 
 from __future__ import annotations
 
+import math
 import sqlite3
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from agesearch.search.errors import StorageError, StudyMismatch  # noqa: F401  (raised here, caught by the CLI)
+
 STUDIES_DIR = Path("studies")
 META_KEY = "agesearch"
 # Keys of the study's metadata that must match when a study is resumed.
+# "seed" is the data seed (split, subset); the sampler's seed may differ between runs.
 MUST_MATCH = ("space", "objective", "fingerprint", "images", "image_size", "split", "split_method", "seed")
-
-
-from agesearch.search.errors import StorageError, StudyMismatch  # noqa: F401  (raised here, caught by the CLI)
+# Study user attr set once the presets were enqueued, so that a resume never enqueues again.
+BASELINES_KEY = "baselines_enqueued"
+# Storage calls that fail transiently are retried this many times in all.
+RETRY_ATTEMPTS = 6
 
 
 def default_storage(study_name: str, studies_dir: Path = STUDIES_DIR) -> str:
@@ -83,7 +97,7 @@ def open_storage(url: str, *, heartbeat: bool = True, create_dirs: bool = True) 
 
 
 def study_exists(storage: RDBStorage, name: str) -> bool:
-    return any(s.study_name == name for s in storage.get_all_studies())
+    return name in optuna.get_all_study_names(storage)
 
 
 def open_existing_storage(url: str, name: str | None = None) -> RDBStorage:
@@ -97,7 +111,7 @@ def open_existing_storage(url: str, name: str | None = None) -> RDBStorage:
 
 
 def missing_study(storage: RDBStorage, name: str, url: str) -> StorageError:
-    names = ", ".join(s.study_name for s in storage.get_all_studies()) or "none"
+    names = ", ".join(optuna.get_all_study_names(storage)) or "none"
     return StorageError(f"no study named {name!r} in {url} (studies there: {names})")
 
 
@@ -127,6 +141,8 @@ def create_or_resume(
         if [d.name.lower() for d in existing.directions] != directions:
             diffs.insert(0, f"directions: study has {[d.name.lower() for d in existing.directions]}, this run {directions}")
         if diffs:
+            if old.get("seed") != meta.get("seed"):
+                diffs.append("--seed fixes the data split; --sampler-seed draws other parameters on the same split")
             raise StudyMismatch(f"study {name!r} was made with other settings ({'; '.join(diffs)}); use another --study name")
     study = optuna.create_study(
         study_name=name,
@@ -152,3 +168,69 @@ def finished_count(study: optuna.Study) -> int:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
         or (t.state == TrialState.FAIL and t.number not in retried)
     )
+
+
+def active_count(study: optuna.Study) -> int:
+    """Trials that hold a place toward --n-trials: finished ones and those running now (in
+    this process or another), so several processes on one study stop at the study's total."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return finished_count(study) + len(running)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """THE best trial of a study, None before any trial completed.
+
+    Single objective: Optuna's `best_trial`. Multi-objective: the Pareto-front trial with the
+    lowest combined objective (user attr `objective`, recorded by every trial), so that one
+    model can be named best either way.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    if len(study.directions) == 1:
+        return study.best_trial
+    front = study.best_trials or complete
+    return min(front, key=lambda t: _finite(t.user_attrs.get("objective")))
+
+
+def _finite(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+
+def enqueue_baselines(study: optuna.Study, baselines: list[tuple[str, dict]]) -> int:
+    """Enqueue the presets as the first trials of a NEW study (no trials yet), once.
+
+    A resume (the study has trials, or recorded `baselines_enqueued`) enqueues nothing.
+    Returns how many were enqueued.
+    """
+    if BASELINES_KEY in study.user_attrs or study.get_trials(deepcopy=False):
+        return 0
+    for name, params in baselines:
+        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+    study.set_user_attr(BASELINES_KEY, [name for name, _ in baselines])
+    return len(baselines)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
+
+
+def with_retries(call: Callable[[int], Any], what: str) -> Any:
+    """Run `call(attempt)`, retrying transient storage errors with backoff.
+
+    Optuna's RDBStorage rolls a failed call back but does not retry it; a SQLite file that is
+    locked for longer than the busy timeout (a reader's checkpoint, NFS) or a remote database
+    that drops a connection should not cost a trial.
+    """
+    errors = _transient_errors()
+    delay = 0.2
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            return call(attempt)
+        except errors as e:
+            if attempt == RETRY_ATTEMPTS - 1:
+                raise
+            print(f"storage: {what} failed ({type(e).__name__}); retrying in {delay:.1f}s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")

@@ -1,0 +1,228 @@
+"""One trial: sample configs from a space, train, and tell the study the outcome.
+
+The work is split in three so that the same code runs in-process and under a driver that
+owns the study while workers train (Ray):
+  sample_configs(trial, ...)        -> (ModelConfig, TrainConfig)   where the study is
+  train_configs(configs, data, ...) -> TrialOutcome                 where the GPU is
+  tell_outcome(study, trial, ...)   -> FrozenTrial                  where the study is
+
+`tell_outcome` is the only place where an outcome becomes a trial state (as Optuna's own
+`_tell_with_warning` is for `optimize` and `tell`), and `fail_trial` the only place where a
+trial that did not end by itself (worker died, Ctrl-C, left RUNNING) is failed and enqueued
+again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import signal
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from agesearch.models.config import ModelConfig, TrainConfig
+from agesearch.search.study import with_retries
+
+# Called with (trial number, epoch, val objective) after each epoch: live progress.
+EpochCallback = Callable[[int, int, float], None]
+
+
+@dataclass
+class TrialOutcome:
+    """What a trained trial gives back: plain data, picklable, JSON-able user attrs."""
+
+    state: TrialState  # COMPLETE, PRUNED or FAIL
+    values: list[float] | None = None  # [objective] or [val_age_mae, val_gender_accuracy]
+    user_attrs: dict = field(default_factory=dict)
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search; `str()` is the one line to show the user."""
+
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT
+
+def interrupted_line(numbers: Sequence[int]) -> str:
+    """The one line shown after Ctrl-C."""
+    if not numbers:
+        return "interrupted; no trial was running. Run the same command to resume."
+    which = ", ".join(f"#{n}" for n in numbers)
+    return (f"interrupted; running trial(s) {which} marked FAIL and enqueued again: they run first, "
+            "and do not count toward --n-trials, when you run the same command to resume.")
+
+
+def exit_on_second_interrupt() -> None:
+    """From now on a Ctrl-C ends the process at once (the first one is being cleaned up)."""
+
+    def now(signum, frame) -> None:
+        os.write(2, b"agesearch: interrupted again; stopped at once.\n")
+        os._exit(INTERRUPTED_EXIT)
+
+    try:
+        signal.signal(signal.SIGINT, now)
+    except ValueError:  # not the main thread (a notebook's worker thread): nothing to guard
+        pass
+
+
+
+def model_path(models_dir: Path | str, number: int) -> Path:
+    """Where trial `number`'s model is written before BestModelKeeper keeps or deletes it."""
+    return Path(models_dir) / f"trial-{number}.keras"
+
+
+def sample_configs(trial: optuna.Trial, space, image_size: int, epochs: int) -> tuple[ModelConfig, TrainConfig]:
+    """Sample a trial's configs and record them in its user attrs."""
+    model_cfg, train_cfg = space(trial, image_size)
+    train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+    trial.set_user_attr("model_config", model_cfg.to_dict())
+    trial.set_user_attr("train_config", train_cfg.to_dict())
+    return model_cfg, train_cfg
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+
+
+def train_configs(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data,
+    reporter: Callable[[int, float], bool] | None,
+    *,
+    multi: bool = False,
+    model_path: str | None = None,
+) -> TrialOutcome:
+    """Clear state, build, fit with per-epoch reports, return the outcome.
+
+    Never raises for a trial's own failure (NaN, out of memory, invalid config): those come
+    back as a FAIL outcome with `fail_reason`. KeyboardInterrupt goes through.
+    With `model_path`, a completed trial's model (best epoch's weights) is saved there as a
+    .keras inference model (age in years, P(female); see `agesearch.models.inference`).
+    """
+    from agesearch.search.training import PruneRequested, fit  # imports Keras
+
+    history: dict = {}
+    try:
+        result = fit(model_cfg, train_cfg, data, reporter, on_history=history.update, keep_model=model_path is not None)
+        if model_path is not None:
+            from agesearch.models.inference import inference_model
+
+            inference_model(result.model, model_cfg, data.baselines.age_scale).save(model_path)
+    except PruneRequested as e:
+        return TrialOutcome(TrialState.PRUNED, None, _partial_attrs(history) | {"pruned_at_epoch": e.epoch})
+    except Exception as e:  # the trial failed; the study goes on
+        attrs = _partial_attrs(history) | {"fail_reason": _reason(e)}
+        attrs["fail_traceback"] = traceback.format_exc(limit=-3)[-2000:]
+        return TrialOutcome(TrialState.FAIL, None, attrs)
+    attrs = {
+        "objective": result.objective,
+        "val_age_mae": result.val_age_mae,
+        "val_gender_accuracy": result.val_gender_accuracy,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 3),
+        "params": result.params,
+        "val_age_mae_by_decade": result.val_age_mae_by_decade,
+        "history": result.history,
+    }
+    values = [result.val_age_mae, result.val_gender_accuracy] if multi else [result.objective]
+    return TrialOutcome(TrialState.COMPLETE, values, attrs)
+
+
+def _partial_attrs(history: dict) -> dict:
+    attrs: dict = {"history": history}
+    if history.get("val_objective"):
+        attrs["epochs_run"] = len(history["val_objective"])
+    return attrs
+
+
+def trial_reporter(trial: optuna.Trial, *, prune: bool = True, on_epoch: EpochCallback | None = None) -> Callable[[int, float], bool]:
+    """Report at step=epoch and ask the study's pruner (with `prune`; multi-objective
+    studies cannot report), telling `on_epoch` about each epoch for the progress line."""
+
+    def report(epoch: int, value: float) -> bool:
+        if on_epoch is not None:
+            on_epoch(trial.number, epoch, value)
+        if not prune:
+            return False
+        with_retries(lambda a: trial.report(value, step=epoch), "report")
+        return bool(with_retries(lambda a: trial.should_prune(), "should_prune"))
+
+    return report
+
+
+def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> FrozenTrial:
+    """Record a trained trial's user attrs and tell the study its state (and values).
+
+    Used by the in-process loop and the Ray driver alike. A FAIL outcome here is the trial's
+    own failure (NaN, invalid config): not retried, it would fail again.
+    """
+    for key, value in outcome.user_attrs.items():
+        with_retries(lambda a: trial.set_user_attr(key, value), f"set {key}")
+    values = outcome.values if outcome.state == TrialState.COMPLETE else None
+    return with_retries(
+        lambda a: study.tell(trial.number, values, state=outcome.state, skip_if_finished=a > 0),
+        f"tell trial {trial.number} {outcome.state.name}",
+    )
+
+
+def fail_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial, reason: str, *, max_retries: int | None) -> tuple[FrozenTrial, bool]:
+    """Tell a trial FAIL with `fail_reason`, and enqueue its parameters again if retries are left.
+
+    For trials that did not end by themselves: a worker that died, Ctrl-C, a trial left
+    RUNNING by a run that stopped. `max_retries=None` always enqueues again (an interrupted
+    trial is the user's doing, not the trial's). The retry is Optuna's own
+    RetryHeartbeatStaleTrialCallback (system attrs `failed_trial`, `retry_history`, which
+    `finished_count` reads) with user attrs `retry_of` (the failed trial's number) and
+    `retry_count` (1 for the first retry). Returns (frozen trial, retried).
+    """
+    if isinstance(trial, FrozenTrial):
+        # A trial of a run that stopped: only its frozen record is here. Trial(study, id) is
+        # Optuna's public constructor; `_trial_id` is the one private field needed to reach it
+        # (user attrs cannot be set through a trial number).
+        trial = optuna.Trial(study, trial._trial_id)  # noqa: SLF001
+    with_retries(lambda a: trial.set_user_attr("fail_reason", reason[:500]), "set fail_reason")
+    frozen = with_retries(lambda a: study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=a > 0), f"tell trial {trial.number} FAIL")
+    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    retry_count = len(history) + 1
+    if max_retries is not None and retry_count > max_retries:
+        return frozen, False
+    view = copy.copy(frozen)  # the callback copies user attrs: give the retry its own
+    view.user_attrs = {"retry_of": frozen.number, "retry_count": retry_count}
+    if "preset" in frozen.user_attrs:  # a baseline stays named as its preset when run again
+        view.user_attrs["preset"] = frozen.user_attrs["preset"]
+    callback = RetryHeartbeatStaleTrialCallback(max_retry=retry_count if max_retries is None else max_retries)
+    with_retries(lambda a: callback(study, view), f"re-enqueue trial {frozen.number}")
+    return frozen, True
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    space,
+    data,
+    *,
+    image_size: int,
+    epochs: int,
+    multi: bool,
+    models_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> FrozenTrial:
+    """In-process: sample, train and tell one asked trial; KeyboardInterrupt goes through."""
+    try:
+        model_cfg, train_cfg = sample_configs(trial, space, image_size, epochs)
+    except Exception as e:  # a space that cannot sample: the trial fails, the search goes on
+        outcome = TrialOutcome(TrialState.FAIL, None, {"fail_reason": f"sampling failed: {_reason(e)}"})
+        return tell_outcome(study, trial, outcome)
+    path = None if models_dir is None else str(model_path(models_dir, trial.number))
+    reporter = trial_reporter(trial, prune=not multi, on_epoch=on_epoch)
+    outcome = train_configs(model_cfg, train_cfg, data, reporter, multi=multi, model_path=path)
+    return tell_outcome(study, trial, outcome)
