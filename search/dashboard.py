@@ -9,11 +9,10 @@ study never fails a running trial) and hands it to `optuna_dashboard.run_server`
 from __future__ import annotations
 
 import ipaddress
-import sys
 from pathlib import Path
 
 from agesearch.search import study as st
-from agesearch.search.cli import UsageError
+from agesearch.search.errors import UsageError
 
 INSTALL_HINT = 'optuna-dashboard is not installed: pip install "agesearch[dashboard]" (or pip install optuna-dashboard)'
 
@@ -46,28 +45,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def cmd_dashboard(args) -> int:
-    """Serve optuna-dashboard until interrupted."""
-    try:
-        import optuna_dashboard
-    except ImportError:
-        raise UsageError(INSTALL_HINT) from None
+def dashboard_address(host: str, port: int, study_id: int | None = None) -> str:
+    """The URL the dashboard answers on (a study's page when its id is given)."""
+    address = f"http://{host if ':' not in host else f'[{host}]'}:{port}/dashboard/"
+    return address + (f"studies/{study_id}" if study_id is not None else "")
 
-    url = resolve_storage(args.study, args.storage)
-    try:
-        storage = st.open_existing_storage(url, args.study)
-        if args.study and not st.study_exists(storage, args.study):
-            raise st.missing_study(storage, args.study, url)
-    except st.StorageError as e:
-        raise UsageError(str(e)) from None
-    address = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/dashboard/"
-    if args.study:
-        address += f"studies/{storage.get_study_id_from_name(args.study)}"
-    if not is_loopback(args.host):
-        print(f"warning: listening on {args.host}: anyone who can reach this machine can read and edit the study", file=sys.stderr)
-    print(f"optuna-dashboard for {url} at {address} (Ctrl-C stops it)", flush=True)
-    try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
-    except OSError as e:  # port taken, address not on this machine
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    return 0
+
+def open_dashboard_storage(study: str | None, storage: str | None):
+    """(url, storage) to serve, read-safe; the study, when named, must be there.
+
+    Raises:
+        UsageError: no way to tell which file is meant.
+        StorageError: no such database, or no such study in it.
+    """
+    url = resolve_storage(study, storage)
+    opened = st.open_existing_storage(url, study)
+    if study and not st.study_exists(opened, study):
+        raise st.missing_study(opened, study, url)
+    return url, opened

@@ -1,4 +1,4 @@
-"""`agesearch data check`: what a folder of UTKFace-named images holds, and where it leaks.
+"""What a folder of UTKFace-named images holds, and where it leaks.
 
 Counts readable images, malformed names and unreadable files, draws age/gender/race
 histograms as text, and lists near-duplicate pairs (search/duplicates.py) with both labels,
@@ -18,16 +18,10 @@ import numpy as np
 
 from agesearch.search.data import FaceDataset, list_faces, load_faces
 from agesearch.search.duplicates import Duplicates, find_duplicates, pair_table
+from agesearch.search.metrics import GENDERS, decade_label
 
-GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
 RACES = ("white", "black", "asian", "indian", "other")  # UTKFace's race codes 0..4
 SHOWN_PAIRS = 30  # pairs listed in the text output (all of them go to --json)
-
-
-def decade_label(age: int) -> str:
-    """'0-9', '10-19', ...: the bins of every per-decade table agesearch prints."""
-    lo = (int(age) // 10) * 10
-    return f"{lo}-{lo + 9}"
 
 
 @dataclass
@@ -153,18 +147,3 @@ def format_check(r: CheckResult, *, shown: int = SHOWN_PAIRS) -> str:
     )
     lines.append(f"  ({r.seconds.get('load', 0):.1f}s to load, {r.seconds.get('duplicates', 0):.1f}s to find duplicates)")
     return "\n".join(lines)
-
-
-def cmd_data_check(args) -> int:
-    """`agesearch data check`: print the report (or one JSON object); 0 unless the input is bad."""
-    from agesearch.search.cli import UsageError
-    from agesearch.search.data import DataError
-    from agesearch.search.study_data import data_folder
-
-    try:
-        folder = data_folder(args.data, cache_dir=args.cache_dir)
-        result = check_folder(folder, args.image_size, limit=args.limit, cache_dir=args.cache_dir)
-    except DataError as e:
-        raise UsageError(str(e)) from None
-    print(json.dumps(result.to_dict()) if args.json else format_check(result))
-    return 0

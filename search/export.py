@@ -1,4 +1,4 @@
-"""`agesearch export`: from a study's best (or chosen) trial to a saved, evaluated model.
+"""From a study's best (or chosen) trial to a saved, evaluated model.
 
 The trial's configs are rebuilt from its user attrs, the model is retrained on the study's own
 data and split (reloaded from the study's metadata), wrapped as an inference model (age in
@@ -14,15 +14,15 @@ retraining from the configs works for any finished trial and can fold val into t
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import platform
-import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from agesearch.search.errors import UsageError
+from agesearch.search.files import atomic_path, write_json
+from agesearch.search.metrics import age_gender_metrics, predict_age_gender
 
 MODEL_FILE = "model.keras"
 
@@ -50,23 +50,33 @@ def _versions() -> dict:
 
 
 def open_study(study_name: str, storage_url: str | None):
-    """Load an existing study read-only, and its storage URL."""
+    """Load an existing study read-only, and its storage URL; the study must carry agesearch's
+    metadata, or its data cannot be found again.
+
+    Raises:
+        StorageError: no such database or study.
+        UsageError: a study not made by `agesearch run`.
+    """
     from agesearch.search import study as st
-    from agesearch.search.cli import UsageError
 
     url = storage_url or st.default_storage(study_name)
-    try:
-        return st.load_existing(study_name, url), url
-    except st.StorageError as e:
-        raise UsageError(str(e)) from None
+    study = st.load_existing(study_name, url)
+    if not study.user_attrs.get(st.META_KEY):
+        raise UsageError(f"study {study_name!r} has no agesearch metadata (was it made by `agesearch run`?); its data cannot be found again")
+    return study, url
+
+
+def check_out_path(out: Path) -> Path:
+    """The model file to write must be a .keras file (Keras 3 picks the format from the suffix)."""
+    if Path(out).suffix != ".keras":
+        raise UsageError(f"--out must end in .keras (Keras 3's format), got {out}")
+    return Path(out)
 
 
 def pick_trial(study, number: int | None):
     """The chosen trial, or the best: single-objective `best_trial`; multi-objective, the
     Pareto-front trial with the lowest combined objective (user attr `objective`)."""
     from optuna.trial import TrialState
-
-    from agesearch.search.cli import UsageError
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and "model_config" in t.user_attrs]
     if number is not None:
@@ -110,12 +120,11 @@ def export_trial(
     import keras
 
     from agesearch.models import ModelConfig
+    from agesearch.models.config import TrainConfig
     from agesearch.models.inference import inference_model, load_model
     from agesearch.search.data import Split
-    from agesearch.search.evaluate import metrics, predict_arrays
     from agesearch.search.study import META_KEY
     from agesearch.search.study_data import study_dataset
-    from agesearch.models.config import TrainConfig
     from agesearch.search.training import TrainingData, fit
 
     meta = study.user_attrs[META_KEY]
@@ -139,17 +148,17 @@ def export_trial(
     keras.utils.set_random_seed(seed)
     result = fit(model_cfg, train_cfg, data, None, keep_model=True, early_stopping=not refit_on_train_val)
     model = inference_model(result.model, model_cfg, data.baselines.age_scale)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
+    with atomic_path(out) as tmp:  # a reader never finds half a model
+        model.save(tmp)
 
     test = split.test
-    age, p_female = predict_arrays(model, ds.images[test])
-    test_metrics = metrics(ds.ages[test], ds.genders[test], age, p_female)
+    age, p_female = predict_age_gender(model, ds.images[test])
+    test_metrics = age_gender_metrics(ds.ages[test], ds.genders[test], age, p_female)
     # Reload the file just written: a model that does not come back the same is not exported.
     probe = ds.images[test[:16]] if len(test) else ds.images[:16]
     reloaded = load_model(out)
-    a1, g1 = predict_arrays(model, probe)
-    a2, g2 = predict_arrays(reloaded, probe)
+    a1, g1 = predict_age_gender(model, probe)
+    a2, g2 = predict_age_gender(reloaded, probe)
     reload_diff = float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
 
     # EarlyStopping restores the epoch with the lowest val objective; a refit keeps the last.
@@ -183,10 +192,7 @@ def export_trial(
         "reload_check_max_abs_diff": reload_diff,
         "versions": _versions(),
     }
-    card_path = out.with_suffix(".json")
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2, default=_json_default))
-    os.replace(tmp, card_path)
+    write_json(out.with_suffix(".json"), card, indent=2, default=_json_default)
     return card
 
 
@@ -196,37 +202,3 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def cmd_export(args) -> int:
-    """`agesearch export`: retrain, save model + card, print the test-split metrics."""
-    from agesearch.search.artifacts import models_dir
-    from agesearch.search.cli import UsageError
-    from agesearch.search.data import DataError
-    from agesearch.search.evaluate import format_metrics
-    from agesearch.search.study import META_KEY
-
-    study, url = open_study(args.study, args.storage)
-    if not study.user_attrs.get(META_KEY):
-        raise UsageError(f"study {args.study!r} has no agesearch metadata (was it made by `agesearch run`?); its data cannot be found again")
-    trial = pick_trial(study, args.trial)
-    out = args.out or models_dir(url, args.study) / MODEL_FILE
-    if out.suffix != ".keras":
-        raise UsageError(f"--out must end in .keras (Keras 3's format), got {out}")
-    start = time.perf_counter()
-    try:
-        card = export_trial(study, trial, out, epochs=args.epochs, refit_on_train_val=args.refit_on_train_val, seed=args.seed, cache_dir=args.cache_dir)
-    except DataError as e:
-        raise UsageError(str(e)) from None
-    t = card["training"]
-    print(f"trained in {t['seconds']:.1f}s ({t['epochs_run']} epochs, weights of epoch {t['weights_from_epoch']}); "
-          f"search's val age MAE {card['study']['search_val_age_mae']}, this run's {t['val_age_mae']}")
-    m = card["test_metrics"]
-    if m["n"]:
-        print(format_metrics(m, f"test split of study {args.study}"))
-    else:
-        print("no test split (its fraction is 0): no test metrics")
-    print(f"model: {out}\ncard:  {out.with_suffix('.json')}  ({time.perf_counter() - start:.1f}s in all)")
-    if card["reload_check_max_abs_diff"] > 1e-3:
-        print(f"agesearch: warning: the reloaded model differs by {card['reload_check_max_abs_diff']:.3g} from the trained one", file=sys.stderr)
-    return 0
