@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -237,3 +238,86 @@ def test_run_on_jax_backend_without_tensorflow(tmp_path, synthetic_dir):
     study = load("arch", tmp_path)
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and 0 in trial.intermediate_values
+
+
+AGESEARCH = Path(sys.executable).parent / "agesearch"  # the installed console script
+# TensorFlow's C++ start-up lines that must never reach the user.
+CHATTER = ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "This TensorFlow binary")
+
+
+def _installed(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    start = time.perf_counter()
+    done = subprocess.run([str(AGESEARCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return done, time.perf_counter() - start
+
+
+@pytest.mark.parametrize(
+    "args, message, fast",
+    [
+        (["run", "--space", "nope"], r"unknown space 'nope'; known spaces: ", True),
+        (["run", "--space", "arch", "--data", "/nonexistent"], r"data folder not found: /nonexistent", True),
+        (["run", "--space", "arch", "--data", "{tmp}/junk"], r"no UTKFace images in .*junk: 1 files, none named", False),
+        (["run", "--space", "arch", "--storage", "notadb://x/y"], r"bad storage URL 'notadb://x/y'", False),
+        (["run", "--space", "arch", "--image-size", "8"], r"argument --image-size: must be at least 16 pixels", False),
+        (["run", "--space", "arch", "--objective", "multi", "--pruner", "median"], r"--pruner median cannot be used with --objective multi", False),
+        (["run", "--space", "arch", "--backbone-weights", "{tmp}/no.h5"], r"--backbone-weights: no such weights file", False),
+        (["report", "--study", "ghost"], r"no study database at studies/ghost\.db", False),
+        (["export", "--study", "ghost"], r"no study database at studies/ghost\.db", False),
+        (["dashboard", "--storage", "bogus"], r"bad storage URL 'bogus'", False),
+        (["evaluate", "--model", "{tmp}/none.keras", "--data", "synthetic"], r"no model file at .*none\.keras", True),
+        (["evaluate", "--model", "{tmp}/model.h5", "--data", "synthetic"], r"model\.h5 is not a \.keras file", False),
+        (["predict", "--model", "{tmp}/none.keras", "a.jpg"], r"no model file at .*none\.keras", False),
+        (["data", "check", "--data", "{tmp}/nowhere"], r"data folder not found: .*nowhere", False),
+        (["spaces", "--image-size", "x"], r"argument --image-size: must be a positive integer, got 'x'", False),
+    ],
+)
+def test_installed_command_bad_input_is_one_line_exit_2_before_frameworks(tmp_path, args, message, fast):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    (tmp_path / "model.h5").write_bytes(b"x")
+    done, seconds = _installed([a.replace("{tmp}", str(tmp_path)) for a in args], tmp_path)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("agesearch"), done.stderr
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert done.stdout == ""
+    if fast:  # answered before any framework loads (Keras alone takes ~3.5 s here)
+        assert seconds < 2.0, f"{seconds:.2f}s"
+
+
+def test_installed_command_that_loads_keras_prints_no_tensorflow_chatter(tmp_path):
+    # A model file that exists but is not a Keras archive: the command gets as far as loading
+    # Keras (and TensorFlow) and fails there, so its stderr holds everything the import printed.
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    done, _ = _installed(["predict", "--model", str(tmp_path / "broken.keras"), "a.jpg"], tmp_path)
+    assert done.returncode == 2
+    assert "tensorflow" in done.stderr.lower() or "keras" in done.stderr.lower() or "cannot load" in done.stderr
+    assert not any(c in done.stderr for c in CHATTER), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_import_keras_quietly_keeps_real_stderr_lines(tmp_path):
+    code = textwrap.dedent(
+        """
+        import os, sys
+        sys.modules.pop("keras", None)
+        import builtins
+        real_import = builtins.__import__
+        said = []
+        def noisy(name, *a, **k):  # a real warning printed on fd 2 during the import must survive
+            if name == "keras" and not said:
+                said.append(1)
+                os.write(2, b"real problem on stderr\\n")
+            return real_import(name, *a, **k)
+        builtins.__import__ = noisy
+        from agesearch.search.frameworks import import_keras_quietly
+        import_keras_quietly()
+        builtins.__import__ = real_import
+        print("after", file=sys.stderr)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["real problem on stderr", "after"], done.stderr

@@ -48,12 +48,12 @@ def test_export_writes_model_and_card_with_test_metrics(exported):
 def test_export_model_loads_in_a_fresh_process_with_same_predictions(exported, tmp_path):
     import keras
 
-    from agesearch.search.evaluate import predict_arrays
+    from agesearch.search.metrics import predict_age_gender
 
     path = exported / "studies" / "arch" / "model.keras"
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
     np.save(tmp_path / "x.npy", x)
-    here = predict_arrays(keras.saving.load_model(path), x)
+    here = predict_age_gender(keras.saving.load_model(path), x)
     code = textwrap.dedent(
         f"""
         import agesearch.models.inference  # registers agesearch's layers (models/__init__.py is lazy)
