@@ -44,7 +44,7 @@ def ablate_grid(image_size: int) -> dict[str, list]:
     return grid
 
 
-@register_space("ablate")
+@register_space("ablate", grid=ablate_grid)
 def ablate(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfig]:
     """The write-ups' ablations as a grid (GridSampler): one knob per question, on the seed network.
 
@@ -77,5 +77,3 @@ def ablate(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConf
     )
     return model, TrainConfig(optimizer=trial.suggest_categorical("optimizer", grid["optimizer"]))
 
-
-ablate.grid = ablate_grid  # type: ignore[attr-defined]  # read by `agesearch run` to build the GridSampler

@@ -1,4 +1,4 @@
-"""`full`: the model's and the training's knobs together, plus pretrained backbones."""
+"""`full` and `cnn`: the model's and the training's knobs together (`full` adds pretrained backbones)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import optuna
 
 from agesearch.models.config import BACKBONE_MIN_SIZE, ModelConfig, TrainConfig
 from agesearch.spaces import register_space
-from agesearch.spaces.arch import sample_age_head, sample_model
-from agesearch.spaces.train import sample_training
+from agesearch.spaces.arch import DENSE, L2, model_params, sample_age_head, sample_model
+from agesearch.spaces.train import sample_training, training_params
 
 
 def sample_backbone_model(trial: optuna.Trial, image_size: int, backbone: str) -> ModelConfig:
@@ -23,9 +23,10 @@ def sample_backbone_model(trial: optuna.Trial, image_size: int, backbone: str) -
         backbone=backbone,
         head=trial.suggest_categorical("head", ["flatten", "gap"]),
         dense_dropout=trial.suggest_float("dense_dropout", 0.0, 0.7, step=0.1),
-        age_dense=trial.suggest_categorical("age/dense", [64, 128, 256, 512]),
-        gender_dense=trial.suggest_categorical("gender/dense", [64, 128, 256, 512]),
-        l2=trial.suggest_float("l2", 1e-6, 1e-3, log=True),
+        age_dense=trial.suggest_categorical("age/dense", DENSE),
+        gender_dense=trial.suggest_categorical("gender/dense", DENSE),
+        l2=trial.suggest_categorical("age/l2", L2),
+        gender_l2=trial.suggest_categorical("gender/l2", L2),
         **sample_age_head(trial),
     )
 
@@ -34,7 +35,15 @@ def backbone_choices(image_size: int) -> list[str]:
     return ["none"] + [name for name, smallest in BACKBONE_MIN_SIZE.items() if image_size >= smallest]
 
 
-@register_space("full")
+def full_params(model: ModelConfig, train: TrainConfig) -> dict:
+    return {"backbone": model.backbone, **model_params(model), **training_params(train)}
+
+
+def cnn_params(model: ModelConfig, train: TrainConfig) -> dict:
+    return {**model_params(model), **training_params(train)}
+
+
+@register_space("full", to_params=full_params)
 def full(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfig]:
     """Every parameter of `arch` and of `train`, plus a pretrained backbone as the trunk.
 
@@ -54,3 +63,13 @@ def full(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfig
     if backbone != "none":
         train = dataclasses.replace(train, freeze_epochs=trial.suggest_int("freeze_epochs", 0, 3))
     return model, train
+
+
+@register_space("cnn", to_params=cnn_params)
+def cnn(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfig]:
+    """Every parameter of `arch` and of `train` together: the two-branch CNN, no pretrained backbone.
+
+    The space to search when no ImageNet weights can be had (offline machines) or the images are
+    small: every write-up preset is a point of it. Parameters and values: those of `arch` and `train`.
+    """
+    return sample_model(trial, image_size), sample_training(trial)

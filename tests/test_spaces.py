@@ -16,7 +16,7 @@ def test_space_names_include_the_issue_spaces():
 
 
 def test_get_space_unknown_lists_known():
-    with pytest.raises(KeyError, match=r"unknown space 'nope'; known spaces: .*arch, full.*train"):
+    with pytest.raises(KeyError, match=r"unknown space 'nope'; known spaces: ablate, arch, cnn, full, train"):
         get_space("nope")
 
 
@@ -37,26 +37,34 @@ def frozen_gc():
     gc.unfreeze()
 
 
+BUILT_BACKBONES: set[str] = set()
+
+
 @pytest.mark.usefixtures("frozen_gc")
 @pytest.mark.parametrize("image_size", [32, 64, 128])
 @pytest.mark.parametrize("name", sorted(set(space_names()) - {"ablate"}))
 def test_space_samples_valid_buildable_models(name, image_size):
+    """30 samples are valid configs; the first 3 distinct ones are built (each backbone once)."""
     space = get_space(name)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=image_size))
-    built = set()
+    built: list = []
     for _ in range(30):
         trial = study.ask()
         model_cfg, train_cfg = space(trial, image_size)
         assert isinstance(train_cfg, TrainConfig)
         assert model_cfg.image_size == image_size and model_cfg.depth <= max_depth(image_size)
         study.tell(trial, 1.0)
-        if model_cfg in built:  # the same network again (the train space's fixed model)
+        if model_cfg in built or len(built) >= 3 or model_cfg.backbone in BUILT_BACKBONES:
             continue
-        built.add(model_cfg)
+        built.append(model_cfg)
+        if model_cfg.backbone != "none":
+            BUILT_BACKBONES.add(model_cfg.backbone)
         keras.backend.clear_session()
         model = build_model(model_cfg)
         age_units = model_cfg.coral_max_age - model_cfg.coral_min_age if model_cfg.age_head == "coral" else 1
         assert model.output_names == ["age", "gender"] and model.output_shape == [(None, age_units), (None, 1)]
+        assert model.get_layer("age").dtype_policy.name == "float32"
+    assert built
 
 
 def test_train_space_keeps_the_writeup_model_fixed():
@@ -72,6 +80,7 @@ def test_train_space_keeps_the_writeup_model_fixed():
 
 def test_describe_space_lists_parameters_with_ranges():
     arch = describe_space("arch", 64)
-    assert arch["depth"].low == 3 and arch["depth"].high == 6
+    assert arch["depth"].low == 2 and arch["depth"].high == 6
+    assert arch["age/filters_b1"].choices == (16, 32, 64, 128, 256, 512)
     assert set(arch["block_order"].choices) == {"conv_bn_relu", "conv_relu_bn", "conv_relu"}
     assert "optimizer" not in arch and "optimizer" in describe_space("full", 64)
