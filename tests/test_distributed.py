@@ -27,17 +27,37 @@ pytest.importorskip("ray")
 
 from agesearch.search import study as st  # noqa: E402
 from agesearch.search.cli import main  # noqa: E402
-from agesearch.search.distributed import drive, sleep_work  # noqa: E402
+from agesearch.search.distributed import drive  # noqa: E402
+from agesearch.search.trial import SearchInterrupted, TrialOutcome  # noqa: E402
 
 AGESEARCH = [sys.executable, "-m", "agesearch.search.cli"]
 TINY = ["--space", "arch", "--epochs", "2", "--image-size", "32", "--limit", "160", "--synthetic-count", "200", "--sampler", "random"]
+
+
+def sleep_work(payload: dict, data, reporter) -> TrialOutcome:
+    """A trial without Keras for load tests of the driver and storage: `steps` reports.
+
+    `payload`: {"x": float, "steps": int, "seconds": float per step, "crash": bool}.
+    """
+    value = 0.0
+    for step in range(payload.get("steps", 5)):
+        time.sleep(payload.get("seconds", 0.0))
+        value = (payload["x"] - 0.3) ** 2 + 1.0 / (step + 1)
+        if reporter is not None and reporter(step, value):
+            return TrialOutcome(TrialState.PRUNED, None, {"pruned_at_epoch": step})
+    if payload.get("crash"):
+        os._exit(1)  # like a SIGKILL'd worker: no exception, the process is gone
+    return TrialOutcome(TrialState.COMPLETE, [value], {"objective": value, "pid": os.getpid()})
 
 
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray runtime for the in-process tests; `run_distributed` uses it as it is."""
     import ray
+    from ray import cloudpickle
 
+    # The workers cannot import this test module: send its functions (sleep_work) by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
@@ -220,6 +240,35 @@ def test_drive_crashing_worker_is_retried_up_to_max_retries(ray_local, tmp_path)
     assert len({t.params["x"] for t in trials}) == 1
     assert all(t.user_attrs["fail_reason"].startswith("worker died: ") for t in trials)
     assert stats.retried == 2
+
+
+def test_drive_interrupt_fails_running_trials_and_enqueues_them_again(ray_local, tmp_path):
+    url = f"sqlite:///{tmp_path / 'intr.db'}"
+    study = optuna.create_study(study_name="intr", storage=st.open_storage(url, heartbeat=False))
+    sample = lambda t: {"x": t.suggest_float("x", 0.0, 1.0), "steps": 3, "seconds": 0.2}  # noqa: E731
+
+    def ctrl_c(number, epoch, value):  # the user presses Ctrl-C while epochs come in
+        raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SearchInterrupted, match=r"^interrupted; running trial\(s\) #0, #1 marked FAIL and enqueued again"):
+            drive(study, sample=sample, work=sleep_work, data=None, n_trials=3, workers=2, cpus_per_trial=0.1,
+                  fresh_process=False, on_epoch=ctrl_c, progress=lambda line: None)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # the driver arms "a second Ctrl-C exits at once"
+    trials = study.get_trials()
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in trials[:2])
+    assert st.finished_count(study) == 0  # interrupted trials do not count toward n_trials
+    # The resume runs the interrupted trials first, with their parameters, then a new one.
+    stats = drive(study, sample=sample, work=sleep_work, data=None, n_trials=3, workers=2, cpus_per_trial=0.1,
+                  fresh_process=False, progress=lambda line: None)
+    trials = study.get_trials()
+    assert stats.complete == 3 and st.finished_count(study) == 3
+    for number in (0, 1):
+        (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == number]
+        assert retry.state == TrialState.COMPLETE and retry.params == trials[number].params
 
 
 def test_run_driver_killed_mid_search_resumes_to_the_count(tmp_path, cache_dir):

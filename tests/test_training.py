@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from agesearch.models import ModelConfig
 from agesearch.search.data import load_faces, split_indices
-from agesearch.search.objective import COMPLETE, FAIL, PRUNED, make_objective, train_configs
+from agesearch.search.trial import model_path, run_trial, tell_outcome, TrialOutcome, train_configs
 from agesearch.models.config import TrainConfig
 from agesearch.search.training import Baselines, TrainingData, combined_objective, fit
 
@@ -75,14 +75,14 @@ def test_train_configs_with_augmentation_and_every_optimizer_runs(small_data):
     for optimizer, loss in (("adamw", "huber"), ("rmsprop", "mse"), ("sgd", "mae")):
         cfg = TrainConfig(optimizer=optimizer, age_loss=loss, epochs=1, batch_size=64, rotation=0.05, zoom=0.1, brightness=0.1)
         outcome = train_configs(TINY, cfg, small_data, None)
-        assert outcome.state == COMPLETE, outcome.user_attrs.get("fail_reason")
+        assert outcome.state == TrialState.COMPLETE, outcome.user_attrs.get("fail_reason")
         assert math.isfinite(outcome.values[0])
 
 
 def test_train_configs_prunes_when_reporter_says_so(small_data):
     seen = []
     outcome = train_configs(TINY, TrainConfig(epochs=3), small_data, lambda epoch, value: seen.append((epoch, value)) or True)
-    assert outcome.state == PRUNED and outcome.values is None
+    assert outcome.state == TrialState.PRUNED and outcome.values is None
     assert [e for e, _ in seen] == [0]
     assert outcome.user_attrs["pruned_at_epoch"] == 0 and len(outcome.user_attrs["history"]["val_objective"]) == 1
 
@@ -90,32 +90,49 @@ def test_train_configs_prunes_when_reporter_says_so(small_data):
 def test_train_configs_nan_loss_is_fail_with_reason(small_data):
     cfg = TrainConfig(optimizer="sgd", learning_rate=1e12, epochs=2, age_loss="mse")
     outcome = train_configs(ModelConfig(**{**TINY.to_dict(), "block_order": "conv_relu"}), cfg, small_data, None)
-    assert outcome.state == FAIL
+    assert outcome.state == TrialState.FAIL
     assert "NaN or infinite" in outcome.user_attrs["fail_reason"]
 
 
-def test_make_objective_reports_each_epoch_and_prunes(small_data):
-    def fixed_space(trial, image_size):
-        trial.suggest_float("x", 0, 1)
-        return TINY, TrainConfig()
+def fixed_space(trial, image_size):
+    trial.suggest_float("x", 0, 1)
+    return TINY, TrainConfig()
 
+
+def test_run_trial_reports_each_epoch_and_prunes(small_data):
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
-    study.optimize(make_objective(fixed_space, 32, 3, small_data, multi=False), n_trials=1)
+    seen = []
+    frozen = run_trial(study, study.ask(), fixed_space, small_data, image_size=32, epochs=3, multi=False, on_epoch=lambda *a: seen.append(a))
     (trial,) = study.trials
-    assert trial.state == TrialState.PRUNED
+    assert trial.state == frozen.state == TrialState.PRUNED
     assert list(trial.intermediate_values) == [0]
+    assert [(n, e) for n, e, _ in seen] == [(0, 0)]
     assert trial.user_attrs["model_config"]["filters"] == [16, 32, 64]
     assert trial.user_attrs["train_config"]["epochs"] == 3
 
 
-def test_make_objective_multi_returns_mae_and_accuracy(small_data):
-    def fixed_space(trial, image_size):
-        trial.suggest_float("x", 0, 1)
-        return TINY, TrainConfig()
-
+def test_run_trial_multi_returns_mae_and_accuracy_and_saves_the_model(small_data, tmp_path):
     study = optuna.create_study(directions=["minimize", "maximize"])
-    study.optimize(make_objective(fixed_space, 32, 1, small_data, multi=True), n_trials=1)
+    run_trial(study, study.ask(), fixed_space, small_data, image_size=32, epochs=1, multi=True, models_dir=tmp_path)
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE
     assert trial.values == [pytest.approx(trial.user_attrs["val_age_mae"]), pytest.approx(trial.user_attrs["val_gender_accuracy"])]
     assert trial.intermediate_values == {}
+    assert model_path(tmp_path, trial.number).is_file()
+
+
+@pytest.mark.parametrize(
+    "outcome, state, value",
+    [
+        (TrialOutcome(TrialState.COMPLETE, [0.5], {"objective": 0.5}), TrialState.COMPLETE, 0.5),
+        (TrialOutcome(TrialState.PRUNED, None, {"pruned_at_epoch": 0}), TrialState.PRUNED, 0.9),
+        (TrialOutcome(TrialState.FAIL, None, {"fail_reason": "ValueError: x"}), TrialState.FAIL, None),
+    ],
+)
+def test_tell_outcome_sets_state_values_and_attrs(outcome, state, value):
+    study = optuna.create_study()
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.report(0.9, step=0)
+    frozen = tell_outcome(study, trial, outcome)
+    assert frozen.state == state and frozen.value == value
+    assert {k: frozen.user_attrs[k] for k in outcome.user_attrs} == outcome.user_attrs
