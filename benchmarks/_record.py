@@ -29,13 +29,21 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, {gpu}, Python {platform.python_version()}, KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'tensorflow')}"
 
 
-def record(title: str, lines: list[str]) -> None:
-    """Print the lines and append them as a section of RESULTS.md."""
+def record(title: str, lines: list[str], *, out: str | Path | None = None, table: list[str] | None = None) -> None:
+    """Print the lines and append them as a section of RESULTS.md (or of `out`, e.g. a device run's file).
+
+    `table` lines (a markdown table) follow the bullet lines as they are.
+    """
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = "\n".join([f"## {title} ({stamp})", "", f"- command: `{command}`", f"- machine: {machine()}", *[f"- {l}" for l in lines], "", ""])
+    body = [f"## {title} ({stamp})", "", f"- command: `{command}`", f"- machine: {machine()}", *[f"- {l}" for l in lines]]
+    if table:
+        body += ["", *table]
+    text = "\n".join([*body, "", ""])
     print(text)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEvery section was written by the script named in its command line.\n\n")
-    with RESULTS.open("a") as f:
+    path = Path(out) if out is not None else RESULTS
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Benchmark results\n\nEvery section was written by the script named in its command line.\n\n")
+    with path.open("a") as f:
         f.write(text)

@@ -1,0 +1,323 @@
+"""Where one trial's time goes, and how a trial's epoch compares with a bare `model.fit`.
+
+Phases (GPU issue, part 2: "then cut the largest of these"):
+  process start     a fresh Python, to the first line of the script
+  imports           keras + agesearch's training module
+  backend init      the first op on the backend (CUDA/XLA client start on a GPU)
+  data load         decoded images from the on-disk cache, split, train/val arrays
+  to device         the train and val arrays copied to the device once (what a trial could do)
+  model build       `build_model` of the config
+  compile + first   the trial's first epoch less one steady epoch and the build: tracing, XLA
+                    compilation of the train and val steps, first-call costs
+  steady epochs     the trial's epochs after the first (train pass + val pass)
+    of which val    the val pass per epoch (`model.evaluate` on val of the bare model, warm)
+  after the fit     `fit` returning after its last epoch (restoring the best weights, ...)
+  saving            the trained model saved as a .keras inference model
+  CLI start         `agesearch run` on a fresh study up to the line it prints before its first
+                    trial: process start, imports, data load, grouped split, study creation
+
+The trial side is `agesearch.search.training.fit` (what `agesearch run` calls per trial) with a
+reporter that timestamps each epoch's end; the bare side is `model.fit` of the same compiled
+model on the same arrays, batch size and validation data, with a callback timing each epoch.
+Target (GPU issue): a trial's steady-state epoch within 1.5x of the bare one.
+
+    python benchmarks/bench_trial_phases.py --data synthetic --image-size 32 --epochs 3 --limit 300
+    python benchmarks/bench_trial_phases.py --data /work/shared/data/utkface-5k --image-size 64 --epochs 5
+
+Appends a section to benchmarks/RESULTS.md, or to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record  # noqa: E402
+
+# Run in a fresh interpreter: stamps (wall clock) when the script starts, after the imports and
+# after the first backend op, so that process start, imports and backend init can be told apart.
+CHILD = """
+import json, time
+t_begin = time.time()
+import keras
+import agesearch.search.training
+t_imports = time.time()
+import numpy as np
+np.asarray(keras.ops.convert_to_numpy(keras.ops.ones((8, 8)) @ keras.ops.ones((8, 8))))
+t_backend = time.time()
+print("STAMPS " + json.dumps([t_begin, t_imports, t_backend]))
+"""
+
+
+def process_start(env: dict) -> dict:
+    """Seconds from spawning a Python to its first line, through the imports, to the first op."""
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("STAMPS ")), None)
+    if line is None:
+        raise SystemExit(f"process-start probe failed:\n{out.stderr[-2000:]}")
+    t_begin, t_imports, t_backend = json.loads(line[len("STAMPS "):])
+    return {"process start": t_begin - t0, "imports": t_imports - t_begin, "backend init": t_backend - t_imports}
+
+
+def first_trial_row(db: Path) -> bool:
+    """Whether the study's SQLite file holds a trial yet (Optuna writes the row as the trial starts)."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] > 0
+    except sqlite3.Error:  # tables not made yet, or locked for a moment
+        return False
+
+
+def cli_start(args, env: dict) -> float:
+    """Wall seconds from starting `agesearch run` on a fresh study to its first trial's row."""
+    with tempfile.TemporaryDirectory(prefix="bench-phases-") as tmp:
+        db = Path(tmp) / "s.db"
+        cmd = [
+            sys.executable, "-m", "agesearch.search.cli", "run", "--space", "arch", "--n-trials", "1", "--epochs", "1",
+            "--data", args.data, "--image-size", str(args.image_size), "--storage", f"sqlite:///{db}",
+            "--synthetic-count", str(args.synthetic_count),
+        ] + (["--limit", str(args.limit)] if args.limit else [])
+        log = Path(tmp) / "log.txt"
+        start = time.perf_counter()
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
+            seen = float("nan")
+            while proc.poll() is None and time.perf_counter() - start < 300:
+                if first_trial_row(db):
+                    seen = time.perf_counter() - start
+                    break
+                time.sleep(0.05)
+            proc.terminate()  # the trial itself is not part of this phase
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if seen != seen:
+            print(f"warning: CLI start probe saw no trial start (rc {proc.returncode}):\n{log.read_text()[-1500:]}", file=sys.stderr)
+        return seen
+
+
+def load_arrays(args):
+    """Data as a trial gets it: decoded (cache), split, TrainingData. Returns (data, cold s, warm s)."""
+    from agesearch.search.data import load_faces, split_indices
+    from agesearch.search.study_data import data_folder
+    from agesearch.search.training import TrainingData
+
+    folder = data_folder(args.data, synthetic_count=args.synthetic_count)
+    t = time.perf_counter()
+    load_faces(folder, args.image_size, limit=args.limit, seed=0)  # decodes once if the cache is cold
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    ds = load_faces(folder, args.image_size, limit=args.limit, seed=0)
+    data = TrainingData.from_split(ds, split_indices(len(ds), seed=0))
+    return data, first, time.perf_counter() - t
+
+
+def to_device(data) -> float:
+    """Seconds to place the train and val images on the backend's device, synced."""
+    import keras
+
+    t = time.perf_counter()
+    on_device = [keras.ops.convert_to_tensor(data.x_train), keras.ops.convert_to_tensor(data.x_val)]
+    for a in on_device:  # a tiny read-back waits for the copy to finish (async backends)
+        keras.ops.convert_to_numpy(a[:1, :1, :1, :1])
+    seconds = time.perf_counter() - t
+    del on_device
+    return seconds
+
+
+def configs(args):
+    """The (ModelConfig, TrainConfig) measured: a preset if named, else the default ModelConfig."""
+    import dataclasses
+
+    from agesearch.models import ModelConfig, TrainConfig
+
+    if args.preset:
+        from agesearch.models.presets import get_preset
+
+        model_cfg, train_cfg = get_preset(args.preset).configs(args.image_size)
+    else:
+        model_cfg, train_cfg = ModelConfig(image_size=args.image_size), TrainConfig()
+    # No augmentation (the bare fit trains exactly the same network), every epoch runs.
+    fields = {f.name for f in dataclasses.fields(train_cfg)}
+    changes = {k: v for k, v in dict(flip=False, rotation=0.0, zoom=0.0, brightness=0.0, translation=0.0, contrast=0.0).items() if k in fields}
+    changes |= {"epochs": args.epochs, "patience": args.epochs + 1}
+    if args.batch_size:
+        changes["batch_size"] = args.batch_size
+    return model_cfg, dataclasses.replace(train_cfg, **changes)
+
+
+def trial_fit(model_cfg, train_cfg, data, save_dir: Path) -> dict:
+    """One trial's training as `agesearch run` does it, with epoch-end stamps, then the save."""
+    from agesearch.search.training import fit
+
+    ends: list[float] = []
+
+    def reporter(epoch: int, value: float) -> bool:
+        ends.append(time.perf_counter())
+        return False
+
+    start = time.perf_counter()
+    result = fit(model_cfg, train_cfg, data, reporter, keep_model=True)
+    done = time.perf_counter()
+    t = time.perf_counter()
+    try:
+        from agesearch.models import inference_model
+
+        inference_model(result.model, model_cfg, data.baselines.age_scale).save(str(save_dir / "trial.keras"))
+    except (ImportError, TypeError):  # the helper moved or changed: a plain save is the same work
+        result.model.save(str(save_dir / "trial.keras"))
+    saving = time.perf_counter() - t
+    epochs = [ends[0] - start] + [b - a for a, b in zip(ends, ends[1:])]
+    return {"epochs": epochs, "after": done - ends[-1], "saving": saving, "params": result.params, "val_age_mae": result.val_age_mae}
+
+
+def epoch_stamps():
+    """A Keras callback recording each epoch's wall seconds (epoch-end logs are synced values)."""
+    import keras
+
+    class EpochStamps(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.whole: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.whole.append(time.perf_counter() - self._t0)
+
+    return EpochStamps()
+
+
+def bare_fit(model_cfg, train_cfg, data):
+    """`model.fit` of the same compiled model on the same arrays, no agesearch callbacks."""
+    import keras
+
+    from agesearch.search import training
+
+    keras.backend.clear_session()
+    scale = data.baselines.age_scale
+    t = time.perf_counter()
+    if hasattr(training, "build_trainable"):
+        model = training.build_trainable(model_cfg, train_cfg, age_scale=scale)
+    else:  # fallback: the same losses and metrics as the trial's compile
+        from agesearch.models import build_model
+
+        model = build_model(model_cfg)
+        model.compile(optimizer=keras.optimizers.Adam(train_cfg.learning_rate), loss={"age": train_cfg.age_loss, "gender": "binary_crossentropy"}, loss_weights={"age": train_cfg.age_loss_weight, "gender": 1.0}, metrics={"age": ["mae"], "gender": ["accuracy"]})
+    build = time.perf_counter() - t
+
+    def targets(ages):
+        if hasattr(training, "age_targets"):
+            return training.age_targets(model_cfg, ages, scale)
+        return ages if getattr(model_cfg, "age_output", "normalised") == "years" else ages / scale
+
+    stamps = epoch_stamps()
+    val = (data.x_val, {"age": targets(data.age_val), "gender": data.gender_val})
+    model.fit(
+        data.x_train, {"age": targets(data.age_train), "gender": data.gender_train}, validation_data=val,
+        batch_size=train_cfg.batch_size, epochs=train_cfg.epochs, callbacks=[stamps], verbose=0,
+    )
+    # The val pass alone: JAX dispatches train steps asynchronously, so timing it inside fit
+    # would charge it with the train steps still running. evaluate returns synced numbers.
+    passes = []
+    for _ in range(3):
+        t = time.perf_counter()
+        model.evaluate(*val, batch_size=train_cfg.batch_size, verbose=0)
+        passes.append(time.perf_counter() - t)
+    return {"build": build, "epochs": stamps.whole, "val": passes}
+
+
+def steady(xs: list[float]) -> float:
+    """Median of the epochs after the first (the first carries the compilation); NaN if none."""
+    return statistics.median(xs[1:]) if len(xs) > 1 else (xs[0] if xs else float("nan"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"), help="image folder, or synthetic")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=5, help="epochs of each fit (>= 3 for a steady-state median)")
+    p.add_argument("--limit", type=int, default=None, help="use only this many images")
+    p.add_argument("--synthetic-count", type=int, default=1200, help="images drawn for --data synthetic")
+    p.add_argument("--preset", default=None, help="a preset's model and recipe (`agesearch presets`); default: ModelConfig()")
+    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    p.add_argument("--no-cli-start", action="store_true", help="skip the `agesearch run` start-up probe")
+    p.add_argument("--out", default=None, help="markdown file to append to instead of benchmarks/RESULTS.md")
+    args = p.parse_args()
+    if args.data != "synthetic":  # the `agesearch run` processes start in temporary folders
+        args.data = str(Path(args.data).expanduser().resolve())
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (the first epoch carries the compilation)")
+    warnings.simplefilter("ignore")
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+    start = [process_start(env) for _ in range(2)]  # the first may also write .pyc files
+    cli = float("nan") if args.no_cli_start else cli_start(args, env)
+
+    data, first_load, load = load_arrays(args)
+    device = to_device(data)
+    model_cfg, train_cfg = configs(args)
+    from agesearch.models import build_model
+
+    import keras
+
+    keras.backend.clear_session()
+    t = time.perf_counter()
+    build_model(model_cfg)
+    build = time.perf_counter() - t
+    with tempfile.TemporaryDirectory(prefix="bench-phases-") as tmp:
+        trial = trial_fit(model_cfg, train_cfg, data, Path(tmp))
+    bare = bare_fit(model_cfg, train_cfg, data)
+
+    s_trial, s_bare = steady(trial["epochs"]), steady(bare["epochs"])
+    val_pass = steady(bare["val"])  # evaluate's first call compiles outside fit's cached step
+    compile_first = max(trial["epochs"][0] - s_trial - build, 0.0)
+    n_train, n_val = len(data.x_train), len(data.x_val)
+    rows = [
+        ("process start (fresh Python)", start[1]["process start"], f"first run {start[0]['process start']:.2f} s"),
+        ("imports (keras, agesearch)", start[1]["imports"], f"first run {start[0]['imports']:.2f} s"),
+        ("backend init (first op)", start[1]["backend init"], f"first run {start[0]['backend init']:.2f} s"),
+        ("data load (cache) + split", load, f"first call {first_load:.2f} s; {n_train} train / {n_val} val images"),
+        ("train+val arrays to device", device, f"{(data.x_train.nbytes + data.x_val.nbytes) / 2**20:.0f} MiB uint8"),
+        ("model build", build, f"{trial['params']:,} params"),
+        ("compile + first steps", compile_first, f"trial's epoch 1 {trial['epochs'][0]:.2f} s - steady epoch - build"),
+        (f"steady epochs (x{train_cfg.epochs - 1})", s_trial * (train_cfg.epochs - 1), f"{s_trial:.3f} s/epoch, {n_train / s_trial:,.0f} train img/s incl. val"),
+        ("  of which val pass", val_pass * (train_cfg.epochs - 1), f"{val_pass:.3f} s/epoch (model.evaluate on val)"),
+        ("after the last epoch", trial["after"], "restore best weights, history"),
+        ("saving (.keras)", trial["saving"], ""),
+        ("CLI start to first trial", cli, "`agesearch run`, fresh study (overlaps rows 1-4)"),
+    ]
+    table = ["| phase | seconds | note |", "| --- | ---: | --- |"] + [f"| {name} | {sec:.2f} | {note} |" for name, sec, note in rows]
+    ratio = s_trial / s_bare
+    lines = [
+        f"data: {args.data} at {args.image_size} px, limit {args.limit}; model: {args.preset or 'ModelConfig() default'}, {trial['params']:,} params; batch {train_cfg.batch_size}, {train_cfg.epochs} epochs, no augmentation",
+        f"trial epochs (s): {', '.join(f'{x:.3f}' for x in trial['epochs'])}",
+        f"bare model.fit epochs (s): {', '.join(f'{x:.3f}' for x in bare['epochs'])} (val pass alone: {', '.join(f'{x:.3f}' for x in bare['val'])} s)",
+        f"steady-state epoch, trial / bare fit: {s_trial:.3f} / {s_bare:.3f} s = **{ratio:.2f}x** (target <= 1.5x: {'met' if ratio <= 1.5 else 'not met'})",
+        f"largest phase of a {train_cfg.epochs}-epoch trial outside the steady epochs: {max(rows[:7] + rows[9:11], key=lambda r: r[1])[0]}",
+    ]
+    record(f"Trial phases and trial vs bare fit, {args.image_size} px", lines, out=args.out, table=table)
+
+
+if __name__ == "__main__":
+    main()
