@@ -59,7 +59,7 @@ class ModelConfig:
     age_blocks: int = 4  # conv blocks in the age branch after the split
     gender_blocks: int = 4  # conv blocks in the gender branch after the split
     filters: tuple[int, ...] = (32, 64, 128, 256)  # filters per block depth, len = shared + max(branch)
-    gender_filters: tuple[int, ...] = ()  # filters of the gender branch's blocks; () = continue `filters`
+    gender_filters: tuple[int, ...] = ()  # filters of the gender branch's blocks; () = continue `filters` (filled in)
     shared_convs: int = 1  # convs in each shared block, 1 or 2 (two: the first has half the filters)
     kernel_size: int = 3  # conv kernel side
     block_order: str = "conv_bn_relu"  # conv_bn_relu | conv_relu_bn | conv_relu (no BatchNorm)
@@ -70,7 +70,7 @@ class ModelConfig:
     age_dense: int = 128  # width of the age branch's dense layer
     gender_dense: int = 128  # width of the gender branch's dense layer
     l2: float = 0.0  # L2 weight decay on the conv and dense kernels of the shared part and the age branch
-    gender_l2: float | None = None  # L2 of the gender branch's kernels; None = `l2`
+    gender_l2: float | None = None  # L2 of the gender branch's kernels; None = `l2` (filled in)
     age_activation: str = "linear"  # activation of the regression age output: linear | relu
     age_head: str = "regression"  # regression (one unit) | coral (ordinal ranks, Cao et al. 2019)
     age_output: str = "normalised"  # regression target: normalised (age / train mean age) | years
@@ -114,6 +114,8 @@ class ModelConfig:
             raise _invalid("l2", "must be >= 0", self.l2)
         if self.gender_l2 is not None and self.gender_l2 < 0:
             raise _invalid("gender_l2", "must be >= 0 or None", self.gender_l2)
+        if self.gender_l2 is None:  # one spelling per model: the gender branch's own L2
+            object.__setattr__(self, "gender_l2", self.l2)
 
     def _check_backbone(self) -> None:
         for name in ("shared_blocks", "age_blocks", "gender_blocks"):
@@ -150,6 +152,8 @@ class ModelConfig:
             raise _invalid("gender_filters", f"must be empty or have one entry per gender block ({self.gender_blocks})", self.gender_filters)
         if any(f < 1 for f in self.gender_filters):
             raise _invalid("gender_filters", "must all be >= 1", self.gender_filters)
+        if not self.gender_filters and self.gender_blocks:  # one spelling per model: explicit filters
+            object.__setattr__(self, "gender_filters", self.filters[self.shared_blocks : self.shared_blocks + self.gender_blocks])
         if self.shared_convs not in (1, 2):
             raise _invalid("shared_convs", "must be 1 or 2", self.shared_convs)
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -162,14 +166,13 @@ class ModelConfig:
 
     def branch_filters(self, branch: str) -> tuple[int, ...]:
         """Filters of the blocks of `branch` ("age" or "gender") after the split."""
-        if branch == "gender" and self.gender_filters:
+        if branch == "gender":
             return self.gender_filters
-        blocks = self.age_blocks if branch == "age" else self.gender_blocks
-        return self.filters[self.shared_blocks : self.shared_blocks + blocks]
+        return self.filters[self.shared_blocks : self.shared_blocks + self.age_blocks]
 
     def branch_l2(self, branch: str) -> float:
         """L2 of a part of the network: "shared", "age" or "gender"."""
-        return self.gender_l2 if branch == "gender" and self.gender_l2 is not None else self.l2
+        return self.gender_l2 if branch == "gender" else self.l2
 
     def age_target_scale(self, train_mean_age: float) -> float:
         """Years per unit of the regression output: the train mean age, or 1 for years."""
@@ -214,7 +217,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | plateau (halve on a 3-epoch plateau) | cosine (decay to 0 over the epochs)
     age_weighting: str = "none"  # age loss weight per image by its decade's train frequency: none | sqrt_inverse | inverse
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
-    steps_per_execution: int = 8  # batches per compiled call: fewer host round trips, same arithmetic
+    steps_per_execution: int = 0  # batches per compiled call (fewer host round trips); 0 = 8 on a GPU, 1 on a CPU
     freeze_epochs: int = 0  # with a backbone: epochs with it frozen before fine-tuning it
     finetune_lr_factor: float = 0.1  # learning rate multiplier once the backbone is unfrozen
 
@@ -239,8 +242,8 @@ class TrainConfig:
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS), ("age_weighting", AGE_WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise _invalid(name, f"must be one of {allowed}", getattr(self, name))
-        if self.steps_per_execution < 1:
-            raise _invalid("steps_per_execution", "must be >= 1", self.steps_per_execution)
+        if self.steps_per_execution < 0:
+            raise _invalid("steps_per_execution", "must be >= 0 (0: automatic)", self.steps_per_execution)
         if self.freeze_epochs < 0:
             raise _invalid("freeze_epochs", "must be >= 0", self.freeze_epochs)
         if not 0 < self.finetune_lr_factor <= 1:

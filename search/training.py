@@ -162,6 +162,26 @@ def build_trainable(
     return model
 
 
+def auto_steps_per_execution() -> int:
+    """8 batches per compiled call on a GPU, 1 elsewhere.
+
+    Several batches per call cut the host round trips that dominate small models on a GPU
+    (benchmarks/bench_trial_phases.py). On a CPU they only add work: measured here, 4 epochs of
+    a small model on TensorFlow took 16.8 s with 8 and 10.0 s with 1. The PyTorch backend runs
+    one step per call whatever is asked.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return 8 if jax.default_backend() != "cpu" else 1
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return 8 if tf.config.list_physical_devices("GPU") else 1
+    return 1
+
+
 def compile_model(
     model: keras.Model,
     model_cfg: ModelConfig,
@@ -180,9 +200,7 @@ def compile_model(
         if age_weights is not None:
             age_loss = DecadeWeightedLoss(age_loss, age_weights, age_scale)
         age_metric = "mae"
-    # Several batches per compiled call cut the host round trips that dominate small models on a
-    # GPU; the PyTorch backend runs one step per call whatever is asked.
-    spe = train_cfg.steps_per_execution if keras.backend.backend() != "torch" else 1
+    spe = train_cfg.steps_per_execution or auto_steps_per_execution()
     model.compile(
         steps_per_execution=spe,
         optimizer=make_optimizer(train_cfg, learning_rate, decay_steps=decay_steps),
@@ -269,6 +287,12 @@ def fit(
     says prune, TrialFailed on NaN, and whatever Keras raises (out of memory, ...).
     """
     keras.backend.clear_session()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Each trial builds new tf.functions by design; TensorFlow's "N out of the last N calls
+        # triggered tf.function retracing" warning would greet every trial after the fifth.
+        tf.get_logger().setLevel("ERROR")
     keras.mixed_precision.set_global_policy(train_cfg.precision)
     try:
         return _fit(model_cfg, train_cfg, data, reporter, keep_model=keep_model, on_history=on_history, early_stopping=early_stopping)
