@@ -69,9 +69,7 @@ def resolve_spec(spec: str | None, storage_url: str, study_name: str) -> str:
         d = models_dir(storage_url, study_name)
         return str((d.parent / f"{study_name}-artifacts").resolve())
     if spec.startswith("s3://"):
-        bucket = spec.removeprefix("s3://").split("/", 1)[0]
-        if not bucket:
-            raise UsageError(f"--artifacts {spec!r}: an S3 store needs a bucket (s3://BUCKET/PREFIX)")
+        check_spec(spec)
         return spec.rstrip("/")
     return str(Path(spec).expanduser().resolve())
 
@@ -96,17 +94,29 @@ class PrefixedStore:
         self.store.remove(self.prefix + artifact_id)
 
 
+def check_spec(spec: str) -> None:
+    """Fail in one line, without importing anything, for an S3 spec that cannot work here.
+
+    Raises:
+        UsageError: no bucket, or boto3 (the `s3` extra) not installed.
+    """
+    import importlib.util
+
+    if spec.startswith("s3://"):
+        if not spec.removeprefix("s3://").split("/", 1)[0]:
+            raise UsageError(f"--artifacts {spec!r}: an S3 store needs a bucket (s3://BUCKET/PREFIX)")
+        if importlib.util.find_spec("boto3") is None:
+            raise UsageError(S3_HINT)
+
+
 def store_for(spec: str):
     """The artifact store of a spec from `resolve_spec` (callable in a Ray worker).
 
     Raises:
-        UsageError: an S3 spec without boto3 installed.
+        UsageError: an S3 spec without a bucket or without boto3 installed.
     """
     if spec.startswith("s3://"):
-        try:
-            import boto3  # noqa: F401  (optional extra)
-        except ImportError:
-            raise UsageError(S3_HINT) from None
+        check_spec(spec)
         bucket, _, prefix = spec.removeprefix("s3://").partition("/")
         store = optuna.artifacts.Boto3ArtifactStore(bucket)
         return PrefixedStore(store, prefix) if prefix else store
@@ -128,6 +138,22 @@ def study_store(study: optuna.Study, storage_url: str, spec: str | None = None):
     if spec is None and not Path(resolved).is_dir():
         return None  # an old study: no store, maybe a best.keras
     return store_for(resolved)
+
+
+def serving_store(storage, storage_url: str, study_name: str | None, spec: str | None = None):
+    """The store optuna-dashboard serves: `spec`, else the (named, else first) study's own.
+
+    optuna-dashboard takes one artifact store for every study in the storage; `agesearch run`
+    gives each study its own folder, so without --study the first study that has one is used.
+    """
+    if spec is not None:
+        return store_for(resolve_spec(spec, storage_url, study_name or ""))
+    names = [study_name] if study_name else optuna.get_all_study_names(storage)
+    for name in names:
+        store = study_store(optuna.load_study(study_name=name, storage=storage), storage_url)
+        if store is not None:
+            return store
+    return None
 
 
 # ------------------------------------------------------------------------------ upload
@@ -158,6 +184,29 @@ def attach(study: optuna.Study, trial_number: int, artifact_id: str, filename: s
     storage = study._storage
     trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
     storage.set_trial_system_attr(trial_id, ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta)))
+
+
+def save_model(model, *, path: str | Path | None = None, artifacts: str | None = None) -> str | None:
+    """Save a Keras model to `path` (atomically) and/or upload it to the store `artifacts`.
+
+    Called where the model was trained (a Ray worker): returns the artifact id to attach where
+    the study is, or None without a store.
+    """
+    import tempfile
+
+    from agesearch.search.files import atomic_path
+
+    if path is not None:
+        with atomic_path(path) as tmp:
+            model.save(tmp)
+    if artifacts is None:
+        return None
+    if path is not None:
+        return upload_model(store_for(artifacts), path)
+    with tempfile.TemporaryDirectory(prefix="agesearch-model-") as tmp:
+        file = Path(tmp) / f"model{MODEL_SUFFIX}"  # Keras picks the format from the suffix
+        model.save(file)
+        return upload_model(store_for(artifacts), file)
 
 
 def upload_trial_model(study: optuna.Study, trial_number: int, store, file_path: str | Path) -> str:

@@ -107,6 +107,7 @@ OPTIONS: dict[str, dict] = {
     "--epochs": dict(type=positive_int, default=10, help="most epochs per trial (early stopping may end sooner)"),
     "--model": dict(type=Path, required=True, help=".keras model file (from `agesearch export`)"),
     "--json": dict(action="store_true", help="print JSON instead of text"),
+    "--artifacts": dict(metavar="DIR|s3://BUCKET/PREFIX", help="Optuna artifact store of the trials' models (default: the one the study recorded, else studies/<study>-artifacts/; S3 needs the s3 extra)"),
 }
 
 
@@ -157,6 +158,8 @@ def _add_run(sub) -> None:
     r.add_argument("--synthetic-count", type=positive_int, default=1200, help="images in the built-in synthetic set")
     _add(r, "--cache-dir")
     r.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH", help="weights of the pretrained backbones a space samples (the full space): imagenet (downloaded by Keras on first use, needs the network), none (random init) or a weights file")
+    _add(r, "--artifacts")
+    r.add_argument("--keep-models", type=positive_int, metavar="K", help="keep only the best K trials' models in the artifact store (default: every complete trial's)")
     _add_run_ray(r)
     r.set_defaults(handler=cmd_run, optuna=True)
 
@@ -199,6 +202,10 @@ def check_run(args) -> None:
     if args.objective == "multi" and args.sampler == "cmaes":
         raise UsageError("--sampler cmaes is single-objective; use nsga2, tpe or random with --objective multi")
     st.check_storage_url(args.storage or st.default_storage(args.study or args.space))
+    if args.artifacts is not None:
+        from agesearch.search.artifacts import check_spec
+
+        check_spec(args.artifacts)
     check_data_folder(args.data, limit=args.limit, seed=args.seed)
 
 
@@ -215,6 +222,7 @@ def cmd_run(args) -> int:
         epochs=args.epochs, sampler=args.sampler, pruner=args.pruner, objective=args.objective,
         backbone_weights=args.backbone_weights, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, address=args.address, max_retries=args.max_retries,
+        artifacts=args.artifacts, keep_models=args.keep_models,
     )
     return 0
 
@@ -233,7 +241,7 @@ def _add_report(sub) -> None:
     rep.add_argument("--out", type=Path, help="HTML file to write (default: studies/<study>-report.html, next to the study's database)")
     rep.add_argument("--csv", type=Path, help="also write every trial (params, state, values, metrics) to this CSV file")
     rep.add_argument("--no-predictions", action="store_true", help="skip the best model's predictions (no Keras, no images)")
-    _add(rep, "--cache-dir")
+    _add(rep, "--cache-dir", "--artifacts")
     rep.set_defaults(handler=cmd_report, optuna=True)
 
 
@@ -247,17 +255,15 @@ def cmd_report(args) -> int:
         raise UsageError(f"study {args.study!r} in {url} has no trials yet; nothing to report")
     if not args.no_predictions:
         import_keras_quietly()
-    from agesearch.search.report import build_report, write_report
+    from agesearch.search.report import build_report, write_csv, write_report
 
     directory = models_dir(url, args.study)
     out = args.out or directory.parent / f"{args.study}-report.html"
-    result = build_report(study, models_dir=directory, predictions=not args.no_predictions, cache_dir=args.cache_dir)
+    result = build_report(study, storage_url=url, artifacts=args.artifacts, predictions=not args.no_predictions, cache_dir=args.cache_dir)
     print(result.text)
     write_report(result, out)
     if args.csv is not None:
-        from agesearch.search.files import write_text
-
-        write_text(args.csv, result.trials.to_csv(index=False))
+        write_csv(result, args.csv)
         print(f"csv: {len(result.trials)} trials -> {args.csv}")
     print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, {result.seconds:.1f}s)")
     return 0
@@ -273,6 +279,7 @@ def _add_dashboard(sub) -> None:
     _add(dash, ("--study", dict(help="study name (default: the only studies/*.db there is)")), "--storage")
     dash.add_argument("--port", type=port_number, default=8080, help="TCP port")
     dash.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the dashboard to the network")
+    _add(dash, "--artifacts")
     dash.set_defaults(handler=cmd_dashboard, optuna=True)
 
 
@@ -286,11 +293,14 @@ def cmd_dashboard(args) -> int:
         raise UsageError(dashboard.INSTALL_HINT) from None
     url, storage = dashboard.open_dashboard_storage(args.study, args.storage)
     study_id = storage.get_study_id_from_name(args.study) if args.study else None
+    from agesearch.search.artifacts import serving_store
+
+    store = serving_store(storage, url, args.study, args.artifacts)  # lists and serves the trials' models
     if not dashboard.is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can read and edit the study", file=sys.stderr)
     print(f"optuna-dashboard for {url} at {dashboard.dashboard_address(args.host, args.port, study_id)} (Ctrl-C stops it)", flush=True)
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
     except OSError as e:  # port taken, address not on this machine
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     return 0

@@ -212,6 +212,7 @@ class TrainPayload:
     train_cfg: Any  # TrainConfig
     multi: bool
     model_path: str | None  # absolute; on the worker's machine
+    artifacts: str | None = None  # artifact store spec: the worker uploads the model there
 
 
 def train_work(payload: TrainPayload, data, reporter) -> TrialOutcome:
@@ -220,7 +221,8 @@ def train_work(payload: TrainPayload, data, reporter) -> TrialOutcome:
 
     if payload.model_path is not None:
         Path(payload.model_path).parent.mkdir(parents=True, exist_ok=True)
-    return train_configs(payload.model_cfg, payload.train_cfg, data, reporter, multi=payload.multi, model_path=payload.model_path)
+    return train_configs(payload.model_cfg, payload.train_cfg, data, reporter, multi=payload.multi, model_path=payload.model_path,
+                          artifacts=payload.artifacts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +601,7 @@ def run_distributed(
         def sample(trial: optuna.Trial) -> TrainPayload:
             model_cfg, train_cfg = sample_configs(trial, task.space, task.image_size, task.epochs)
             path = None if directory is None else str(model_path(directory, trial.number))
-            return TrainPayload(model_cfg, train_cfg, task.multi, path)
+            return TrainPayload(model_cfg, train_cfg, task.multi, path, getattr(task, "artifacts", None))
 
         return drive(
             study, sample=sample, work=train_work, data=task.data, n_trials=n_trials, workers=workers,

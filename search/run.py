@@ -225,6 +225,8 @@ def run_search(
     address: str | None = None,
     max_retries: int = 1,
     live: bool | None = None,
+    artifacts: str | None = None,
+    keep_models: int | None = None,
 ) -> optuna.Study:
     """Run or resume a search until the study holds `n_trials` finished trials; see the module
     docstring for seeds, several processes and Ctrl-C.
@@ -242,6 +244,9 @@ def run_search(
             space, a list those names, False none.
         workers, gpus_per_trial, cpus_per_trial, address, max_retries: Ray (workers > 1 or address).
         live: live epoch line (default: when stdout is a terminal).
+        artifacts: where each complete trial's model is uploaded (an Optuna artifact store): a
+            folder or s3://BUCKET/PREFIX; default studies/<study>-artifacts/ beside the database.
+        keep_models: keep only the best this many models in the store (default: all).
 
     Raises:
         UsageError, DataError, StorageError, StudyMismatch, DistributedError: bad input, one line.
@@ -260,6 +265,10 @@ def run_search(
     url = storage or st.default_storage(study_name)
     st.check_storage_url(url)
     presets = _baseline_trials(space, data.image_size, baselines)
+    from agesearch.search.artifacts import STORE_ATTR, KeepBestModels, record_store, resolve_spec, store_for
+
+    spec = resolve_spec(artifacts, url, study_name)
+    store_for(spec)  # a missing boto3 fails here, before the data loads
 
     ds, split, train_data = load_data(data)
     meta = study_meta(data, space, objective, ds, split, train_data.baselines)
@@ -279,10 +288,11 @@ def run_search(
         flush=True,
     )
     if n_trials > done:
-        from agesearch.search.artifacts import BestModelKeeper, models_dir
-
-        keeper = BestModelKeeper(models_dir(url, study_name))
-        task = SearchTask(fn, train_data, image_size=data.image_size, epochs=epochs, multi=multi, models_dir=keeper.directory)
+        if artifacts is None:  # a resume keeps the store the study was started with
+            spec = study.user_attrs.get(STORE_ATTR, spec)
+        keeper = KeepBestModels(store_for(spec), keep_models)
+        record_store(study, spec)
+        task = SearchTask(fn, train_data, image_size=data.image_size, epochs=epochs, multi=multi, artifacts=spec)
         with EpochProgress(epochs, live=live) as progress:
             callbacks = [keeper, ProgressLine(multi)]
             if workers > 1 or address:
@@ -306,6 +316,7 @@ class SearchTask:
     epochs: int
     multi: bool
     models_dir: Path | None = None
+    artifacts: str | None = None  # artifact store spec (artifacts.resolve_spec): where models go
 
 
 def _run_ray(study, task: SearchTask, n_trials, timeout, callbacks, progress, **ray_options) -> None:
@@ -361,7 +372,7 @@ def run_in_process(study: optuna.Study, task: SearchTask, storage, *, n_trials: 
         try:
             with _heartbeat(storage, trial):
                 frozen = run_trial(study, trial, task.space, task.data, image_size=task.image_size, epochs=task.epochs,
-                                   multi=task.multi, models_dir=task.models_dir, on_epoch=progress.epoch if progress else None)
+                                   multi=task.multi, models_dir=task.models_dir, artifacts=task.artifacts, on_epoch=progress.epoch if progress else None)
         except KeyboardInterrupt:
             exit_on_second_interrupt()
             fail_trial(study, trial, "interrupted (Ctrl-C)", max_retries=None)

@@ -41,6 +41,7 @@ class TrialOutcome:
     state: TrialState  # COMPLETE, PRUNED or FAIL
     values: list[float] | None = None  # [objective] or [val_age_mae, val_gender_accuracy]
     user_attrs: dict = field(default_factory=dict)
+    artifact_id: str | None = None  # the model uploaded to the artifact store; attached when told
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -99,6 +100,7 @@ def train_configs(
     *,
     multi: bool = False,
     model_path: str | None = None,
+    artifacts: str | None = None,
 ) -> TrialOutcome:
     """Clear state, build, fit with per-epoch reports, return the outcome.
 
@@ -106,16 +108,22 @@ def train_configs(
     back as a FAIL outcome with `fail_reason`. KeyboardInterrupt goes through.
     With `model_path`, a completed trial's model (best epoch's weights) is saved there as a
     .keras inference model (age in years, P(female); see `agesearch.models.inference`).
+    With `artifacts` (a store spec, `artifacts.resolve_spec`), it is uploaded there instead,
+    from this process (a Ray worker needs no shared folder), and the outcome carries its id.
     """
     from agesearch.search.training import PruneRequested, fit  # imports Keras
 
     history: dict = {}
+    artifact_id = None
+    keep = model_path is not None or artifacts is not None
     try:
-        result = fit(model_cfg, train_cfg, data, reporter, on_history=history.update, keep_model=model_path is not None)
-        if model_path is not None:
+        result = fit(model_cfg, train_cfg, data, reporter, on_history=history.update, keep_model=keep)
+        if keep:
             from agesearch.models.inference import inference_model
+            from agesearch.search.artifacts import save_model
 
-            inference_model(result.model, model_cfg, data.baselines.age_scale).save(model_path)
+            model = inference_model(result.model, model_cfg, data.baselines.age_scale)
+            artifact_id = save_model(model, path=model_path, artifacts=artifacts)
     except PruneRequested as e:
         return TrialOutcome(TrialState.PRUNED, None, _partial_attrs(history) | {"pruned_at_epoch": e.epoch})
     except Exception as e:  # the trial failed; the study goes on
@@ -134,7 +142,7 @@ def train_configs(
         "history": result.history,
     }
     values = [result.val_age_mae, result.val_gender_accuracy] if multi else [result.objective]
-    return TrialOutcome(TrialState.COMPLETE, values, attrs)
+    return TrialOutcome(TrialState.COMPLETE, values, attrs, artifact_id=artifact_id)
 
 
 def _partial_attrs(history: dict) -> dict:
@@ -167,6 +175,10 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome
     """
     for key, value in outcome.user_attrs.items():
         with_retries(lambda a: trial.set_user_attr(key, value), f"set {key}")
+    if outcome.artifact_id is not None:  # before the tell: a finished trial takes no attrs
+        from agesearch.search.artifacts import attach, model_filename
+
+        with_retries(lambda a: attach(study, trial.number, outcome.artifact_id, model_filename(trial.number)), "attach model")
     values = outcome.values if outcome.state == TrialState.COMPLETE else None
     return with_retries(
         lambda a: study.tell(trial.number, values, state=outcome.state, skip_if_finished=a > 0),
@@ -214,6 +226,7 @@ def run_trial(
     epochs: int,
     multi: bool,
     models_dir: Path | None = None,
+    artifacts: str | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> FrozenTrial:
     """In-process: sample, train and tell one asked trial; KeyboardInterrupt goes through."""
@@ -224,5 +237,5 @@ def run_trial(
         return tell_outcome(study, trial, outcome)
     path = None if models_dir is None else str(model_path(models_dir, trial.number))
     reporter = trial_reporter(trial, prune=not multi, on_epoch=on_epoch)
-    outcome = train_configs(model_cfg, train_cfg, data, reporter, multi=multi, model_path=path)
+    outcome = train_configs(model_cfg, train_cfg, data, reporter, multi=multi, model_path=path, artifacts=artifacts)
     return tell_outcome(study, trial, outcome)

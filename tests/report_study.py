@@ -1,7 +1,8 @@
 """A small finished study for the report, browser and dashboard tests, made once per session.
 
-Not a test module: `test_report.py` and `test_browser.py` import `finished_study`, and the
-second caller finds the study the first one made under pytest's session temp folder.
+Not a test module: test modules import the session fixture `finished` (or `finished_study`),
+and a second caller finds the study the first one made under pytest's session temp folder (a
+`ready` file marks it), so the report, browser and artifact tests train it once per session.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -24,6 +26,12 @@ class StudyFiles:
     root: Path
     url: str
     name: str
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, cache_dir) -> StudyFiles:
+    """The finished study, once per session (import this fixture into a test module)."""
+    return finished_study(tmp_path_factory.getbasetemp())
 
 
 def finished_study(base: Path) -> StudyFiles:

@@ -6,7 +6,6 @@ import base64
 import contextlib
 import csv
 import io
-import json
 import math
 import re
 import time
@@ -15,10 +14,15 @@ from html.parser import HTMLParser
 import optuna
 import pytest
 from optuna.trial import TrialState
-from report_study import finished_study, hand_made_study, median
+from optuna.distributions import FloatDistribution
+from optuna.trial import create_trial
+from report_study import finished, hand_made_study, median  # noqa: F401  (finished: session fixture)
 
 from agesearch.search.cli import main
 from agesearch.search.report import SECTION_IDS, ablation_tables
+from agesearch.search.report.predictions import spread_faces
+from agesearch.search.report.tables import DERIVED_KNOBS, terminal_tables
+from agesearch.search.summary import summarize
 
 
 class Page(HTMLParser):
@@ -48,8 +52,8 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory, cache_dir):
-    files = finished_study(tmp_path_factory.getbasetemp())
+def report(finished):
+    files = finished
     csv_path = files.root / "trials.csv"
     rc, out, err = run_cli("report", "--study", files.name, "--storage", files.url, "--csv", str(csv_path))
     assert rc == 0, err
@@ -73,7 +77,7 @@ def test_report_html_is_self_contained(report):
     assert report["html"].count("* plotly.js v") == 1  # plotly.js embedded exactly once
 
 
-def test_report_predictions_show_twenty_faces_that_match_the_best_trial(report):
+def test_report_predictions_show_twenty_faces_that_match_the_best_trial(report, cache_dir):
     from PIL import Image
 
     page = Page()
@@ -84,12 +88,20 @@ def test_report_predictions_show_twenty_faces_that_match_the_best_trial(report):
     assert img.size == (32, 32)
     section = report["html"].split('id="predictions"', 1)[1]
     assert len(re.findall(r"pred \d+ y", section)) == 20 and len(re.findall(r"true \d+ y", section)) == 20
-    # The kept model is the best trial's best epoch: its val MAE, recomputed from the saved
-    # weights in years, is the one the search recorded.
-    best_number = json.loads((report["files"].root / "studies" / report["files"].name / "best.json").read_text())["trial"]
-    recorded = report["study"].trials[best_number].user_attrs["val_age_mae"]
+    # The model is the best trial's artifact, named by its trial (never "#?"), and it is that
+    # trial's best epoch: its val MAE, recomputed from the saved weights in years, is the one
+    # the search recorded.
+    best = report["study"].best_trial
+    assert f"Model of trial #{best.number} (<code>artifact " in section and "#?" not in section
     shown = float(re.search(r"age MAE <b>([\d.]+)</b> years", section).group(1))
-    assert shown == pytest.approx(recorded, rel=0.02, abs=0.05)
+    assert shown == pytest.approx(best.user_attrs["val_age_mae"], rel=0.02, abs=0.05)
+    # The faces cover every age decade of the val split and both genders, not the first 20.
+    from agesearch.search.study_data import study_dataset
+
+    ds, split = study_dataset(report["study"].user_attrs["agesearch"], cache_dir=cache_dir)
+    captions = re.findall(r'true (\d+) y, ([MF])</span>', section)
+    assert {int(a) // 10 for a, _ in captions} == {int(a) // 10 for a in ds.ages[split.val]}
+    assert {g for _, g in captions} == {"M", "F"}
 
 
 def test_report_learning_curves_mark_the_pruned_trial(report):
@@ -183,9 +195,32 @@ def test_ablation_tables_answer_each_knob(hand):
     assert lr.index[0].startswith("0.0001 –")
 
 
-@pytest.mark.parametrize("fixed_knob", ["filters (from config)"])
-def test_ablation_tables_skip_knobs_that_never_changed(hand, fixed_knob):
-    assert fixed_knob not in ablation_tables(hand[1])
+def test_ablation_tables_answer_derived_knobs_only_when_they_changed(tmp_path):
+    # The hand-made study keeps one filter list: no table for it.
+    label = DERIVED_KNOBS["filters"]
+    study = hand_made_study(f"sqlite:///{tmp_path / 'fixed.db'}", "fixed")
+    assert label not in ablation_tables(study)
+    # The same study with two filter lists: a table with one row per list and its counts.
+    varied = hand_made_study(f"sqlite:///{tmp_path / 'varied.db'}", "varied")
+    for i, filters in enumerate([[16, 32], [16, 32], [32, 64]]):
+        varied.add_trial(create_trial(value=1.0 + i, params={"dropout": 0.5}, distributions={"dropout": FloatDistribution(0.4, 0.7, step=0.1)},
+                                      user_attrs={"model_config": {"filters": filters}, "objective": 1.0 + i}))
+    table = ablation_tables(varied)[label]
+    # the hand-made study's 8 trials used 32-64 too
+    assert (table.loc["16-32", "trials"], table.loc["32-64", "trials"], table.loc["16-32", "best"]) == (2, 9, 1.0)
+
+
+def test_ablation_tables_show_stepped_floats_on_their_step(tmp_path):
+    study = optuna.create_study(study_name="step", storage=f"sqlite:///{tmp_path / 'step.db'}")
+    dist = FloatDistribution(0.05, 0.3, step=0.05)
+    values = [0.05 + 0.05 * k for k in range(6)]  # as Optuna makes them: 0.15000000000000002, ...
+    assert any(len(repr(v)) > 6 for v in values)
+    for i, v in enumerate(values):
+        study.add_trial(create_trial(value=float(i), params={"dropout": v}, distributions={"dropout": dist}))
+    table = ablation_tables(study)["dropout"]
+    assert list(table.index) == ["0.05", "0.1", "0.15", "0.2", "0.25", "0.3"]
+    text = terminal_tables(study, {"dropout": table})
+    assert "0.15 " in text and "0000000" not in text
 
 
 # --------------------------------------------------------------------------- other studies
@@ -290,3 +325,73 @@ def test_run_ablate_uses_the_grid_sampler(tmp_path, cache_dir):
     grid = ablate_grid(16)
     for t in optuna.load_study(study_name="ablate", storage=url).trials:
         assert all(t.params[k] in grid[k] for k in grid)
+
+
+# --------------------------------------------------------------------------- presets vs the search
+
+
+def _trial(value: float, mae: float, acc: float, **attrs):
+    return create_trial(
+        value=value,
+        params={"dropout": 0.5},
+        distributions={"dropout": FloatDistribution(0.4, 0.7, step=0.1)},
+        user_attrs={"objective": value, "val_age_mae": mae, "val_gender_accuracy": acc, **attrs},
+    )
+
+
+@pytest.fixture
+def with_presets():
+    study = optuna.create_study(study_name="presets")
+    by_decade = {"10-19": 5.2, "0-9": 4.1, "100-109": 30.0, "20-29": 6.25}
+    for t in (
+        _trial(0.80, 8.0, 0.85, preset="write_up_b"),
+        _trial(0.90, 9.0, 0.84, preset="write_up_a"),
+        _trial(0.70, 7.5, 0.87, val_age_mae_by_decade=by_decade),
+        _trial(0.95, 9.5, 0.80),
+    ):
+        study.add_trial(t)
+    return study
+
+
+def test_summary_puts_the_best_preset_next_to_the_best_searched_trial(with_presets):
+    text = summarize(with_presets)
+    assert "best preset:   #0 (write_up_b): objective 0.8000, val age MAE 8.00 y, val gender acc 0.850" in text
+    assert "best searched: #2: objective 0.7000, val age MAE 7.50 y, val gender acc 0.870" in text
+    assert "searched - preset: objective -0.1000, val age MAE -0.50 y, val gender acc +0.020 (the search beats the best preset)" in text
+
+
+def test_summary_prints_the_best_models_mae_per_decade_in_decade_order(with_presets):
+    text = summarize(with_presets)
+    assert "val age MAE by decade (#2, years): 0-9 4.1, 10-19 5.2, 20-29 6.2, 100-109 30.0" in text
+
+
+def test_summary_without_presets_or_decades_prints_neither(hand):
+    text = summarize(hand[1])
+    assert "best trial:" in text and "preset" not in text and "by decade" not in text
+
+
+def test_summary_with_only_presets_says_no_searched_trial_yet():
+    study = optuna.create_study()
+    study.add_trial(_trial(0.8, 8.0, 0.85, preset="write_up_b"))
+    assert "best searched: no searched trial has completed yet" in summarize(study)
+
+
+def test_report_summary_section_shows_the_comparison_and_decades(with_presets, tmp_path):
+    from agesearch.search.report import build_report
+
+    page = build_report(with_presets, predictions=False).html
+    summary = page.split('id="summary"', 1)[1].split("</section>", 1)[0]
+    assert "<th>best preset</th><td>#0 (write_up_b): objective 0.8000" in summary
+    assert "<th>searched - preset</th><td>objective -0.1000, val age MAE -0.50 y" in summary
+    assert "<th>val age MAE by decade</th><td>0-9 4.1, 10-19 5.2" in summary
+
+
+def test_spread_faces_covers_every_decade_and_both_genders():
+    import numpy as np
+
+    ages = np.array([10, 11, 12, 13] * 10 + [25, 35, 45, 55, 65, 75, 85])  # 40 children first
+    genders = np.array([0, 1] * 20 + [0, 1, 0, 1, 0, 1, 0])
+    picked = spread_faces(ages, genders, 20)
+    assert len(picked) == len(set(picked)) == 20
+    assert {int(ages[i]) // 10 for i in picked} == set(range(1, 9))
+    assert {int(genders[i]) for i in picked if ages[i] < 20} == {0, 1}

@@ -125,6 +125,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     if "duration" in df.columns:
         df["duration_s"] = df.pop("duration").dt.total_seconds()
     by_number = {t.number: t for t in trials}
+    for col in [c for c in df.columns if c.startswith("params_")]:
+        # A parameter only some trials sample (conditional) would turn pandas' int column into
+        # floats (4 -> 4.0): keep each value as the trial has it.
+        name = col.removeprefix("params_")
+        df[col] = pd.Series([by_number[n].params.get(name) for n in df["number"]], dtype=object, index=df.index)
     for attr in METRIC_ATTRS:
         col = [by_number[n].user_attrs.get(attr) for n in df["number"]]
         if any(v is not None for v in col):
