@@ -318,6 +318,8 @@ def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_
     steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
     weights = decade_weights(data.age_train, train_cfg.age_weighting)
     model = build_trainable(model_cfg, train_cfg, age_scale=scale, age_weights=weights, decay_steps=steps)
+    if model_cfg.age_head == "regression":
+        start_age_at_mean(_core_model(model), float(np.mean(data.age_train)) / scale)
     report = EpochReport(data.baselines, reporter, scale)
     fit_kwargs = dict(
         x=data.x_train,
@@ -362,6 +364,18 @@ def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_
         val_age_mae_by_decade=_val_mae_by_decade(core, model_cfg, data),
         model=core if keep_model else None,
     )
+
+
+def start_age_at_mean(core: keras.Model, mean_target: float) -> None:
+    """Set the regression age output's bias to the mean train target, so training starts there.
+
+    With the output in years and a zero bias, a model first spends hundreds of steps climbing
+    from 0 to ~33 years, and a ReLU output can start (and stay) dead; starting at the mean costs
+    nothing and removes both (the usual "init the output bias to the target mean" advice).
+    """
+    layer = core.get_layer("age")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, np.full_like(bias, mean_target)])
 
 
 def _val_mae_by_decade(core: keras.Model, model_cfg: ModelConfig, data: TrainingData) -> dict[str, float]:
