@@ -136,7 +136,10 @@ def create_or_resume(
     existing = None
     if study_exists(storage, name):
         existing = optuna.load_study(study_name=name, storage=storage)
-        old = existing.user_attrs.get(META_KEY, {})
+        old = _recorded_meta(existing)
+    if existing is not None and not old and not existing.get_trials(deepcopy=False):
+        existing = None  # empty and never described (its maker stopped at once): adopt it
+    if existing is not None:
         diffs = [f"{k}: study has {old.get(k)!r}, this run {meta.get(k)!r}" for k in MUST_MATCH if old.get(k) != meta.get(k)]
         if [d.name.lower() for d in existing.directions] != directions:
             diffs.insert(0, f"directions: study has {[d.name.lower() for d in existing.directions]}, this run {directions}")
@@ -155,6 +158,15 @@ def create_or_resume(
     if existing is None:
         study.set_user_attr(META_KEY, meta)
     return study
+
+
+def _recorded_meta(study: optuna.Study, wait: float = 30.0) -> dict:
+    """The study's metadata; a study that another process has just made gets it a moment
+    later (create_study, then set_user_attr), so wait for it rather than call it a mismatch."""
+    deadline = time.monotonic() + wait
+    while META_KEY not in study.user_attrs and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return study.user_attrs.get(META_KEY, {})
 
 
 def finished_count(study: optuna.Study) -> int:
