@@ -37,7 +37,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from agesearch.search.errors import DistributedError  # raised here, caught by the CLI
-from agesearch.search.study import finished_count, with_retries
+from agesearch.search.study import best_trial, finished_count, with_retries
 from agesearch.search.trial import (
     SearchInterrupted,
     TrialOutcome,
@@ -300,7 +300,6 @@ class Driver:
         self.running: dict[Any, _Running] = {}  # Ray object ref -> trial
         self.by_number: dict[int, _Running] = {}
         self.single = len(study.directions) == 1
-        self.minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
         self.counts = {s: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         self.best: tuple[float, int] | None = None
         self.last_line = ""
@@ -323,8 +322,7 @@ class Driver:
         self.finished = finished_count(self.study)
         for t in self.study.get_trials(deepcopy=False, states=tuple(self.counts)):
             self.counts[t.state] += 1
-            if t.state == TrialState.COMPLETE:
-                self.best = _better(self.best, t, self.single, self.minimize)
+        self._update_best()
         take_ref = self.mailbox.take.remote(1.0)
         try:
             while True:
@@ -445,9 +443,14 @@ class Driver:
         if not retried:
             self.finished += 1
         if frozen.state == TrialState.COMPLETE:
-            self.best = _better(self.best, frozen, self.single, self.minimize)
+            self._update_best()
         for cb in self.callbacks:
             cb(self.study, frozen)
+
+    def _update_best(self) -> None:
+        b = best_trial(self.study)
+        value = None if b is None else (b.value if self.single else b.user_attrs.get("objective"))
+        self.best = None if value is None else (float(value), b.number)
 
     def show(self) -> None:
         """The driver's status line, printed when it changes."""
@@ -505,16 +508,6 @@ def drive(
     """
     options = DriveOptions(n_trials, workers, cpus_per_trial, gpus_per_trial, max_retries, timeout, fresh_process, env, report_epochs)
     return Driver(study, sample, work, data, options, callbacks=callbacks, on_epoch=on_epoch, progress=progress).run()
-
-
-def _better(best: tuple[float, int] | None, t: FrozenTrial, single: bool, minimize: bool) -> tuple[float, int] | None:
-    """Best so far: the value for single-objective studies, the combined objective otherwise."""
-    value = t.values[0] if single and t.values else t.user_attrs.get("objective")
-    if value is None or not math.isfinite(value):
-        return best
-    if best is None or (value < best[0] if (minimize or not single) else value > best[0]):
-        return (float(value), t.number)
-    return best
 
 
 def _ray_reason(e: BaseException) -> str:
