@@ -82,3 +82,14 @@ def test_enqueued_preset_gives_back_its_configs_without_fallback(space):
         assert model == want_model
         assert train.to_dict() | {"epochs": 0, "patience": 0} == want_train.to_dict() | {"epochs": 0, "patience": 0}
         assert trial.user_attrs["preset"] == name
+
+
+def test_presets_command_lists_parameter_counts_results_and_spaces(capsys):
+    from conftest import run_cli
+
+    code, out, err = run_cli(["presets", "--image-size", "64"], capsys)
+    assert code == 0 and err == ""
+    assert "deep-age-branch          2,644,994 params" in out
+    assert "reported: val 6.95 y / 88 %; in spaces: arch, cnn, full" in out
+    code, out, _ = run_cli(["presets", "--image-size", "16"], capsys)
+    assert "deep-age-branch          does not fit" in out
