@@ -294,7 +294,8 @@ def find_model(study: optuna.Study, storage_url: str, *, spec: str | None = None
         study: the study.
         storage_url: its storage (locates the default store and the old best.keras).
         spec: an artifact store other than the one the study recorded.
-        dest_dir: where downloads go (default: a `downloads` folder in the default store's place).
+        dest_dir: where downloads go (default: `models/` in agesearch's cache folder, so
+            nothing lands beside the study database).
     """
     store = study_store(study, storage_url, spec)
     ref = best_model(study, store)
@@ -302,8 +303,28 @@ def find_model(study: optuna.Study, storage_url: str, *, spec: str | None = None
         return legacy_model(storage_url, study.study_name)
     # Keras loads only files named *.keras, and a store's blob is named by its id: download
     # (once per id) even from a file-system store.
-    dest = dest_dir or models_dir(storage_url, study.study_name) / "downloads"
+    if dest_dir is None:
+        from agesearch.search.data import default_cache_dir
+
+        dest_dir = default_cache_dir() / "models"
+    dest = dest_dir
     return download_model(store, ref, dest)
+
+
+def study_model(study_name: str, storage_url: str | None = None, spec: str | None = None) -> Path:
+    """The local file of a study's best model, for `evaluate --study` and `predict --study`.
+
+    Raises:
+        StorageError: no such study. UsageError: the study has no saved model.
+    """
+    from agesearch.search import study as st
+
+    url = storage_url or st.default_storage(study_name)
+    study = st.load_existing(study_name, url)
+    ref = find_model(study, url, spec=spec)
+    if ref is None:
+        raise UsageError(f"study {study_name!r} has no saved model yet (no complete trial's model in its artifact store, no best.keras)")
+    return ref.path
 
 
 # ------------------------------------------------------------------------------ keep the best
@@ -357,8 +378,9 @@ class BestModelKeeper:
         import os
 
         from agesearch.search.files import write_json
+        from agesearch.search.trial import model_path
 
-        path = self.directory / f"trial-{trial.number}.keras"
+        path = model_path(self.directory, trial.number)
         if not path.exists():
             return
         objective = trial.user_attrs.get("objective")

@@ -409,9 +409,21 @@ def _add_evaluate(sub) -> None:
         description="Score a saved model on any folder of UTKFace-named images (any pixel size, resized to the model's "
         "input); malformed names and unreadable files are skipped and counted.",
     )
-    _add(ev, "--model", "--data", "--limit")
+    _add(ev, ("--model", dict(required=False, help=".keras model file (from `agesearch export`); or --study")), "--data", "--limit")
+    _add(ev, ("--study", dict(help="evaluate this study's best trial's model, from its artifact store (instead of --model)")), "--storage", "--artifacts")
     _add(ev, ("--json", dict(help="print one JSON object (n, age_mae, gender_accuracy, per_decade_mae, confusion, skipped)")), "--cache-dir")
     ev.set_defaults(handler=cmd_evaluate, optuna=False)
+
+
+def _model_file(args) -> Path:
+    """--model, or the best model of --study from its artifact store (downloaded once)."""
+    if args.model is not None or args.study is None:
+        if args.model is None:
+            raise UsageError("pass --model FILE or --study NAME")
+        return args.model
+    from agesearch.search.artifacts import study_model
+
+    return study_model(args.study, args.storage, args.artifacts)
 
 
 def cmd_evaluate(args) -> int:
@@ -420,6 +432,7 @@ def cmd_evaluate(args) -> int:
     from agesearch.search.metrics import format_metrics
     from agesearch.search.study_data import data_folder
 
+    args.model = _model_file(args)
     check_model_path(args.model)
     check_data_folder(args.data, limit=args.limit)
     import_keras_quietly()

@@ -217,3 +217,18 @@ def test_a_search_uploads_each_complete_trials_model(finished):
         else:
             assert metas == []
     assert not (finished.root / "studies" / finished.name / art.BEST_MODEL).exists()  # nothing beside the database
+
+
+def test_evaluate_study_scores_the_best_model_from_the_store(finished, capsys):
+    from conftest import run_cli
+
+    study = optuna.load_study(study_name=finished.name, storage=finished.url)
+    ref = art.find_model(study, finished.url)
+    assert ref.trial == study.best_trial.number
+    args = ["--data", "synthetic", "--limit", "40", "--json"]
+    code, by_study, err = run_cli(["evaluate", "--study", finished.name, "--storage", finished.url, *args], capsys)
+    assert code == 0, err
+    code, by_file, err = run_cli(["evaluate", "--model", str(ref.path), *args], capsys)
+    assert code == 0, err
+    a, b = json.loads(by_study), json.loads(by_file)
+    assert a["n"] == 40 and (a["age_mae"], a["gender_accuracy"]) == (b["age_mae"], b["gender_accuracy"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_study import finished_study
+from report_study import finished  # noqa: F401  (the session-scoped finished study)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
@@ -79,10 +79,10 @@ class DevTools:
 
 
 @pytest.fixture(scope="module")
-def report_page(tmp_path_factory, cache_dir) -> Path:
+def report_page(finished) -> Path:
     from agesearch.search.cli import main
 
-    files = finished_study(tmp_path_factory.getbasetemp())
+    files = finished
     out = files.root / "browser-report.html"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["report", "--study", files.name, "--storage", files.url, "--out", str(out)]) == 0

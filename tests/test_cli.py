@@ -62,10 +62,15 @@ def test_run_writes_trials_with_curves_and_attrs_to_sqlite(finished_study):
             assert t.value == pytest.approx(min(t.intermediate_values.values()))
 
 
-def test_run_keeps_only_the_best_model(finished_study):
-    folder = finished_study / "studies" / "arch"
-    assert sorted(p.name for p in folder.iterdir()) == ["best.json", "best.keras"]
-    model = keras.saving.load_model(folder / "best.keras")
+def test_run_uploads_each_complete_trials_model_to_the_artifact_store(finished_study):
+    from agesearch.search.artifacts import find_model, model_artifacts
+
+    study = load("arch", finished_study)
+    assert sorted(p.name for p in (finished_study / "studies").iterdir() if p.is_dir()) == ["arch-artifacts"]  # no best.keras
+    assert [len(model_artifacts(t)) for t in study.trials] == [int(t.state == TrialState.COMPLETE) for t in study.trials]
+    ref = find_model(study, f"sqlite:///{finished_study / 'studies' / 'arch.db'}")
+    assert ref.trial == study.best_trial.number
+    model = keras.saving.load_model(ref.path)
     assert model.output_names == ["age", "gender"] and model.input_shape == (None, 32, 32, 3)
 
 

@@ -105,7 +105,12 @@ def test_run_workers_2_runs_trials_at_once(ray_local, in_tmp, capsys):
     # Learning curves reached the study from the workers, one value per epoch.
     assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 4  # a fresh process per trial
-    assert (in_tmp / "studies" / "arch" / "best.keras").is_file()
+    # every worker uploaded its model to the study's artifact store and the driver attached it
+    from agesearch.search.artifacts import exists, model_artifacts, study_store
+
+    store = study_store(study, "sqlite:///studies/arch.db")
+    assert [len(model_artifacts(t)) for t in trials] == [1] * 4
+    assert all(exists(store, model_artifacts(t)[0]["artifact_id"]) for t in trials)
     assert "4/4 finished: 4 complete, 0 pruned, 0 failed, 0 running" in out
 
 

@@ -86,18 +86,10 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The one best trial: `agesearch.search.study.best_trial` (None without a complete trial)."""
-    from agesearch.search import study as st
+    """The one best trial (`agesearch.search.study.best_trial`; None without a complete trial)."""
+    from agesearch.search.study import best_trial as the_best
 
-    if hasattr(st, "best_trial"):  # the one definition, once study.py has it
-        try:
-            return st.best_trial(study)
-        except ValueError:
-            return None
-    front = best_trials(study)
-    if not front:
-        return None
-    return front[0] if not is_multi(study) else min(front, key=lambda t: (t.user_attrs.get("objective", math.inf), t.number))
+    return the_best(study)
 
 
 def knob_text(v) -> object:
