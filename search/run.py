@@ -117,10 +117,19 @@ def make_sampler(name: str, sampler_seed: int, *, multi: bool, grid: dict | None
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner, its budgets tied to --epochs.
+
+    Median: nothing is pruned in the first third of the epochs. At 30 epochs a warm-up of 1 cut
+    18 of 32 trials at epochs 1-4, before slow starters (no BatchNorm, small learning rates)
+    showed anything, while the best trials were still improving at epochs 28-30 (issue 11's
+    study; benchmarks/RESULTS.md, "Training choices"). Five complete trials come first (the
+    baseline presets, when the space holds them). Hyperband: brackets from a tenth of the
+    epochs to all of them, a third kept at each rung.
+    """
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 3))
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 10), max_resource=epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
