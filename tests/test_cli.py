@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from agesearch.search.cli import main
 from agesearch.models.config import TrainConfig
-from agesearch.spaces import SPACES
+from agesearch.spaces import SPACES, SpaceEntry
 from agesearch.models import ModelConfig
 from conftest import run_cli
 
@@ -134,7 +134,7 @@ def test_run_failing_trials_are_marked_fail_and_the_study_goes_on(tmp_path, caps
         model = ModelConfig(image_size=image_size, shared_blocks=1, age_blocks=1, gender_blocks=1, filters=(8, 16), block_order="conv_relu")
         return model, TrainConfig(optimizer="sgd", learning_rate=1e12, age_loss="mse")
 
-    monkeypatch.setitem(SPACES, "exploding", exploding)
+    monkeypatch.setitem(SPACES, "exploding", SpaceEntry(exploding))
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli(["run", "--space", "exploding", "--n-trials", "2", "--epochs", "2", "--image-size", "32", "--limit", "150"], capsys)
     assert code == 0
@@ -201,7 +201,10 @@ def test_spaces_lists_every_space_with_ranges(capsys):
     assert code == 0
     for name in ("arch:", "train:", "full:"):
         assert name in out
-    assert "depth              3..6" in out
+    from agesearch.spaces import describe_space
+
+    depth = describe_space("arch", 64)["depth"]
+    assert f"depth              {depth.low}..{depth.high}" in out
     assert "block_order        one of conv_bn_relu, conv_relu_bn, conv_relu" in out
     assert "learning_rate      0.0001..0.01 (log)" in out
 
