@@ -229,8 +229,8 @@ def window_delta(samples: list[Sample], opened: float, closed: float) -> tuple[i
     return b.study[0] - a.study[0], b.study[1] - a.study[1], max(b.t - a.t, 1e-9), b.study[3]
 
 
-def per_trial_speed(db: Path) -> tuple[float, int, float]:
-    """(mean train img/s per finished trial, train images, mean params) from the study."""
+def per_trial_speed(db: Path) -> tuple[float, int, float, list[str]]:
+    """(mean train img/s per finished trial, train images, mean params, fail reasons) from the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -240,12 +240,13 @@ def per_trial_speed(db: Path) -> tuple[float, int, float]:
     done = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("seconds") and t.user_attrs.get("epochs_run")]
     speeds = [n_train * t.user_attrs["epochs_run"] / t.user_attrs["seconds"] for t in done]
     params = [t.user_attrs["params"] for t in done if "params" in t.user_attrs]
-    return (statistics.mean(speeds) if speeds else math.nan), n_train, (statistics.mean(params) if params else math.nan)
+    reasons = sorted({str(t.user_attrs["fail_reason"])[:200] for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL" and "fail_reason" in t.user_attrs})
+    return (statistics.mean(speeds) if speeds else math.nan), n_train, (statistics.mean(params) if params else math.nan), reasons
 
 
 def summarise(args, n: int, db: Path, samples: list[Sample], opened: float, closed: float, base, died: int) -> dict:
     epochs, finished, secs, fails = window_delta(samples, opened, closed)
-    img_trial, n_train, params = per_trial_speed(db)
+    img_trial, n_train, params, reasons = per_trial_speed(db)
     gpu = [s.gpu for s in samples if s.gpu is not None and opened <= s.t <= closed]
     mem = [s.gpu[1] for s in samples if s.gpu is not None]
     return {
@@ -255,7 +256,7 @@ def summarise(args, n: int, db: Path, samples: list[Sample], opened: float, clos
         "busy": statistics.mean(g[0] for g in gpu) if gpu else None,
         "busy_share": 100 * sum(g[0] > 0 for g in gpu) / len(gpu) if gpu else None,
         "peak_mem": (max(mem) - (base[1] if base else 0)) if mem else None,
-        "fails": fails + died,
+        "fails": fails + died, "reasons": reasons,
     }
 
 
@@ -319,6 +320,9 @@ def main() -> None:
                 rows.append(r)
                 print(f"{size} px N={n}: {r['finished']} finished, {r['epochs']} epochs in {r['window']:.0f} s, GPU busy {fmt(r['busy'])} %, took {time.perf_counter() - t:.0f} s", flush=True)
                 print(table([r])[-1], flush=True)
+                if r["fails"]:
+                    notes.append(f"{size} px N={n}: {r['fails']} failed; reasons: {'; '.join(r['reasons'][:3]) or 'none recorded'}")
+                    print(notes[-1], flush=True)
     except Stopped:
         notes.append("stopped by SIGTERM (time limit) before every size and N was measured")
     lines = [

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,10 @@ print("STAMPS " + json.dumps([t_begin, t_imports, t_backend]))
 
 
 def process_start(env: dict) -> dict:
-    """Seconds from spawning a Python to its first line, through the imports, to the first op."""
+    """Seconds from spawning a Python to its first line, through the imports, to the first op.
+
+    Run after the wheel's import check on the device, so .pyc files are already written.
+    """
     t0 = time.time()
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)
     line = next((l for l in out.stdout.splitlines() if l.startswith("STAMPS ")), None)
@@ -97,17 +101,19 @@ def cli_start(args, env: dict) -> float:
         with log.open("w") as out:
             proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
             seen = float("nan")
-            while proc.poll() is None and time.perf_counter() - start < 300:
-                if first_trial_row(db):
-                    seen = time.perf_counter() - start
-                    break
-                time.sleep(0.05)
-            proc.terminate()  # the trial itself is not part of this phase
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                while proc.poll() is None and time.perf_counter() - start < 300:
+                    if first_trial_row(db):
+                        seen = time.perf_counter() - start
+                        break
+                    time.sleep(0.05)
+            finally:  # the trial itself is not part of this phase (and a time limit must not leave it running)
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if seen != seen:
             print(f"warning: CLI start probe saw no trial start (rc {proc.returncode}):\n{log.read_text()[-1500:]}", file=sys.stderr)
         return seen
@@ -151,8 +157,12 @@ def configs(args):
     if args.preset:
         from agesearch.models.presets import get_preset
 
-        model_cfg, train_cfg = get_preset(args.preset).configs(args.image_size)
-    else:
+        try:
+            model_cfg, train_cfg = get_preset(args.preset).configs(args.image_size)
+        except KeyError as e:  # a one-shot device run should measure something rather than stop
+            print(f"warning: {e.args[0]}; measuring ModelConfig() instead", file=sys.stderr)
+            args.preset = None
+    if not args.preset:
         model_cfg, train_cfg = ModelConfig(image_size=args.image_size), TrainConfig()
     # No augmentation (the bare fit trains exactly the same network), every epoch runs.
     fields = {f.name for f in dataclasses.fields(train_cfg)}
@@ -160,6 +170,14 @@ def configs(args):
     changes |= {"epochs": args.epochs, "patience": args.epochs + 1}
     if args.batch_size:
         changes["batch_size"] = args.batch_size
+    for item in args.set:  # e.g. precision=mixed_bfloat16, steps_per_execution=1
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--set {item}: TrainConfig has no field {key!r}; fields: {', '.join(sorted(fields))}")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
     return model_cfg, dataclasses.replace(train_cfg, **changes)
 
 
@@ -206,6 +224,33 @@ def epoch_stamps():
     return EpochStamps()
 
 
+def bare_model(model_cfg, train_cfg, data):
+    """The trial's compiled model, built the way `fit` builds it, and its age target scale."""
+    import inspect
+    import math
+
+    import keras
+
+    from agesearch.search import training
+
+    scale = data.baselines.age_scale
+    if hasattr(model_cfg, "age_target_scale"):  # 1 for an age output in years
+        scale = model_cfg.age_target_scale(scale)
+    if not hasattr(training, "build_trainable"):  # fallback: the same losses and metrics as the trial's compile
+        from agesearch.models import build_model
+
+        model = build_model(model_cfg)
+        model.compile(optimizer=keras.optimizers.Adam(train_cfg.learning_rate), loss={"age": train_cfg.age_loss, "gender": "binary_crossentropy"}, loss_weights={"age": train_cfg.age_loss_weight, "gender": 1.0}, metrics={"age": ["mae"], "gender": ["accuracy"]})
+        return model, scale
+    accepts = inspect.signature(training.build_trainable).parameters
+    kwargs = {"age_scale": scale}
+    if "decay_steps" in accepts:
+        kwargs["decay_steps"] = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
+    if "age_weights" in accepts and hasattr(training, "decade_weights"):
+        kwargs["age_weights"] = training.decade_weights(data.age_train, train_cfg.age_weighting)
+    return training.build_trainable(model_cfg, train_cfg, **kwargs), scale
+
+
 def bare_fit(model_cfg, train_cfg, data):
     """`model.fit` of the same compiled model on the same arrays, no agesearch callbacks."""
     import keras
@@ -213,21 +258,15 @@ def bare_fit(model_cfg, train_cfg, data):
     from agesearch.search import training
 
     keras.backend.clear_session()
-    scale = data.baselines.age_scale
+    keras.mixed_precision.set_global_policy(getattr(train_cfg, "precision", "float32"))
     t = time.perf_counter()
-    if hasattr(training, "build_trainable"):
-        model = training.build_trainable(model_cfg, train_cfg, age_scale=scale)
-    else:  # fallback: the same losses and metrics as the trial's compile
-        from agesearch.models import build_model
-
-        model = build_model(model_cfg)
-        model.compile(optimizer=keras.optimizers.Adam(train_cfg.learning_rate), loss={"age": train_cfg.age_loss, "gender": "binary_crossentropy"}, loss_weights={"age": train_cfg.age_loss_weight, "gender": 1.0}, metrics={"age": ["mae"], "gender": ["accuracy"]})
+    model, scale = bare_model(model_cfg, train_cfg, data)
     build = time.perf_counter() - t
 
     def targets(ages):
         if hasattr(training, "age_targets"):
             return training.age_targets(model_cfg, ages, scale)
-        return ages if getattr(model_cfg, "age_output", "normalised") == "years" else ages / scale
+        return ages / scale
 
     stamps = epoch_stamps()
     val = (data.x_val, {"age": targets(data.age_val), "gender": data.gender_val})
@@ -242,6 +281,7 @@ def bare_fit(model_cfg, train_cfg, data):
         t = time.perf_counter()
         model.evaluate(*val, batch_size=train_cfg.batch_size, verbose=0)
         passes.append(time.perf_counter() - t)
+    keras.mixed_precision.set_global_policy("float32")
     return {"build": build, "epochs": stamps.whole, "val": passes}
 
 
@@ -259,6 +299,7 @@ def main() -> None:
     p.add_argument("--synthetic-count", type=int, default=1200, help="images drawn for --data synthetic")
     p.add_argument("--preset", default=None, help="a preset's model and recipe (`agesearch presets`); default: ModelConfig()")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a TrainConfig field, e.g. --set precision=mixed_bfloat16 --set steps_per_execution=1")
     p.add_argument("--no-cli-start", action="store_true", help="skip the `agesearch run` start-up probe")
     p.add_argument("--out", default=None, help="markdown file to append to instead of benchmarks/RESULTS.md")
     args = p.parse_args()
@@ -267,55 +308,92 @@ def main() -> None:
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch carries the compilation)")
     warnings.simplefilter("ignore")
+    signal.signal(signal.SIGTERM, on_sigterm)
+    m: dict = {}
+    try:
+        measure(args, m)
+    except Stopped:
+        m["stopped"] = True
+    report(args, m)
+
+
+class Stopped(Exception):
+    """SIGTERM (a `timeout` around the script): record the phases measured so far."""
+
+
+def on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Stopped()
+
+
+def measure(args, m: dict) -> None:
+    """Fill `m` phase by phase, most wanted first, printing progress; a time limit keeps what is in."""
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
-    start = [process_start(env) for _ in range(2)]  # the first may also write .pyc files
-    cli = float("nan") if args.no_cli_start else cli_start(args, env)
-
-    data, first_load, load = load_arrays(args)
-    device = to_device(data)
-    model_cfg, train_cfg = configs(args)
-    from agesearch.models import build_model
-
+    m["start"] = process_start(env)
+    print(f"process start {m['start']}", flush=True)
+    m["data"], m["first_load"], m["load"] = load_arrays(args)
+    m["device"] = to_device(m["data"])
+    m["model_cfg"], m["train_cfg"] = configs(args)
     import keras
+
+    from agesearch.models import build_model
 
     keras.backend.clear_session()
     t = time.perf_counter()
-    build_model(model_cfg)
-    build = time.perf_counter() - t
+    build_model(m["model_cfg"])
+    m["build"] = time.perf_counter() - t
+    print(f"data {m['load']:.2f} s, to device {m['device']:.2f} s, build {m['build']:.2f} s", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-phases-") as tmp:
-        trial = trial_fit(model_cfg, train_cfg, data, Path(tmp))
-    bare = bare_fit(model_cfg, train_cfg, data)
+        m["trial"] = trial_fit(m["model_cfg"], m["train_cfg"], m["data"], Path(tmp))
+    print(f"trial epochs {[round(x, 3) for x in m['trial']['epochs']]}", flush=True)
+    m["bare"] = bare_fit(m["model_cfg"], m["train_cfg"], m["data"])
+    print(f"bare fit epochs {[round(x, 3) for x in m['bare']['epochs']]}", flush=True)
+    if not args.no_cli_start:
+        m["cli"] = cli_start(args, env)
 
-    s_trial, s_bare = steady(trial["epochs"]), steady(bare["epochs"])
-    val_pass = steady(bare["val"])  # evaluate's first call compiles outside fit's cached step
-    compile_first = max(trial["epochs"][0] - s_trial - build, 0.0)
-    n_train, n_val = len(data.x_train), len(data.x_val)
+
+def report(args, m: dict) -> None:
+    """The phase table and the trial/bare ratio from what `measure` filled in (NaN: not measured)."""
+    nan = float("nan")
+    trial = m.get("trial", {"epochs": [], "after": nan, "saving": nan, "params": 0})
+    bare = m.get("bare", {"epochs": [], "val": []})
+    start = m.get("start", {})
+    train_cfg = m.get("train_cfg")
+    epochs = train_cfg.epochs if train_cfg else args.epochs
+    s_trial, s_bare, val_pass = steady(trial["epochs"]), steady(bare["epochs"]), steady(bare["val"])
+    first = trial["epochs"][0] if trial["epochs"] else nan
+    data = m.get("data")
+    n_train, n_val = (len(data.x_train), len(data.x_val)) if data is not None else (0, 0)
+    mib = (data.x_train.nbytes + data.x_val.nbytes) / 2**20 if data is not None else nan
     rows = [
-        ("process start (fresh Python)", start[1]["process start"], f"first run {start[0]['process start']:.2f} s"),
-        ("imports (keras, agesearch)", start[1]["imports"], f"first run {start[0]['imports']:.2f} s"),
-        ("backend init (first op)", start[1]["backend init"], f"first run {start[0]['backend init']:.2f} s"),
-        ("data load (cache) + split", load, f"first call {first_load:.2f} s; {n_train} train / {n_val} val images"),
-        ("train+val arrays to device", device, f"{(data.x_train.nbytes + data.x_val.nbytes) / 2**20:.0f} MiB uint8"),
-        ("model build", build, f"{trial['params']:,} params"),
-        ("compile + first steps", compile_first, f"trial's epoch 1 {trial['epochs'][0]:.2f} s - steady epoch - build"),
-        (f"steady epochs (x{train_cfg.epochs - 1})", s_trial * (train_cfg.epochs - 1), f"{s_trial:.3f} s/epoch, {n_train / s_trial:,.0f} train img/s incl. val"),
-        ("  of which val pass", val_pass * (train_cfg.epochs - 1), f"{val_pass:.3f} s/epoch (model.evaluate on val)"),
-        ("after the last epoch", trial["after"], "restore best weights, history"),
+        ("process start (fresh Python)", start.get("process start", nan), ""),
+        ("imports (keras, agesearch)", start.get("imports", nan), ""),
+        ("backend init (first op)", start.get("backend init", nan), ""),
+        ("data load (cache) + split", m.get("load", nan), f"first call {m.get('first_load', nan):.2f} s; {n_train} train / {n_val} val images"),
+        ("train+val arrays to device", m.get("device", nan), f"{mib:.0f} MiB uint8"),
+        ("model build", m.get("build", nan), f"{trial['params']:,} params"),
+        ("compile + first steps", max(first - s_trial - m.get("build", nan), 0.0) if first == first else nan, f"trial's epoch 1 {first:.2f} s - steady epoch - build"),
+        (f"steady epochs (x{epochs - 1})", s_trial * (epochs - 1), f"{s_trial:.3f} s/epoch, {n_train / s_trial:,.0f} train img/s incl. val"),
+        ("  of which val pass", val_pass * (epochs - 1), f"{val_pass:.3f} s/epoch (model.evaluate on val)"),
+        ("after the last epoch", trial["after"], "fit's return: best weights restored, per-decade val MAE, ..."),
         ("saving (.keras)", trial["saving"], ""),
-        ("CLI start to first trial", cli, "`agesearch run`, fresh study (overlaps rows 1-4)"),
+        ("CLI start to first trial", m.get("cli", nan), "`agesearch run`, fresh study (overlaps rows 1-4)"),
     ]
     table = ["| phase | seconds | note |", "| --- | ---: | --- |"] + [f"| {name} | {sec:.2f} | {note} |" for name, sec, note in rows]
     ratio = s_trial / s_bare
+    timed = [r for r in rows[:7] + rows[9:11] if r[1] == r[1]]
     lines = [
-        f"data: {args.data} at {args.image_size} px, limit {args.limit}; model: {args.preset or 'ModelConfig() default'}, {trial['params']:,} params; batch {train_cfg.batch_size}, {train_cfg.epochs} epochs, no augmentation",
+        f"data: {args.data} at {args.image_size} px, limit {args.limit}; model: {args.preset or 'ModelConfig() default'}, {trial['params']:,} params; {epochs} epochs, no augmentation",
+        f"train config: {train_cfg}",
         f"trial epochs (s): {', '.join(f'{x:.3f}' for x in trial['epochs'])}",
         f"bare model.fit epochs (s): {', '.join(f'{x:.3f}' for x in bare['epochs'])} (val pass alone: {', '.join(f'{x:.3f}' for x in bare['val'])} s)",
-        f"steady-state epoch, trial / bare fit: {s_trial:.3f} / {s_bare:.3f} s = **{ratio:.2f}x** (target <= 1.5x: {'met' if ratio <= 1.5 else 'not met'})",
-        f"largest phase of a {train_cfg.epochs}-epoch trial outside the steady epochs: {max(rows[:7] + rows[9:11], key=lambda r: r[1])[0]}",
+        f"steady-state epoch, trial / bare fit: {s_trial:.3f} / {s_bare:.3f} s = **{ratio:.2f}x** (target <= 1.5x: {'met' if ratio <= 1.5 else 'not met' if ratio == ratio else 'not measured'})",
+        f"largest phase of a {epochs}-epoch trial outside the steady epochs: {max(timed, key=lambda r: r[1])[0] if timed else 'n/a'}",
     ]
+    if m.get("stopped"):
+        lines.append("stopped by SIGTERM (time limit): NaN rows were not measured")
     record(f"Trial phases and trial vs bare fit, {args.image_size} px", lines, out=args.out, table=table)
 
 

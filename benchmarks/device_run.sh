@@ -31,8 +31,8 @@ setup() {
   if [ "${DRY:-0}" = 1 ]; then
     export AGESEARCH_CACHE_DIR=${AGESEARCH_CACHE_DIR:-/tmp/agecache-dry}
     PY=${PY:-python}
-    DATA=synthetic; PX=16; PX_BIG=24; EPOCHS=3; PACK="1 2"; PACK_BIG="1"; SECONDS_PER_N=12
-    EXTRA=(--synthetic-count 200)
+    DATA=synthetic; PX=16; PX_BIG=24; EPOCHS=3; PACK="1 2"; PACK_BIG="1"; SECONDS_PER_N=12; PHASES_S=${PHASES_S:-200}
+    EXTRA=(--synthetic-count 200); PHASES=()
     return
   fi
   step "a. install wheels, GPU"
@@ -45,6 +45,8 @@ setup() {
   timeout 60 "$PY" -c "import jax, keras, optuna, pynvml, agesearch.search.cli; print('jax', jax.__version__, jax.devices(), '| keras', keras.__version__, '| optuna', optuna.__version__)" 2>&1 | tee -a "$OUT/device.txt"
   DATA=.gpudata/utkface-5k; PX=64; PX_BIG=128; EPOCHS=5; PACK="1 2 4 8"; PACK_BIG="1 4"; SECONDS_PER_N=20
   EXTRA=()
+  # The write-up model B preset (issue 11) if it exists by then; bench_trial_phases falls back to ModelConfig().
+  PHASES=(--preset "${PHASES_PRESET:-deep-age-branch}")
 }
 
 main() {
@@ -64,9 +66,9 @@ main() {
   fi
 
   step "c. trial phases, $PX px"
-  t=$(cap 70 175)
+  t=$(cap "${PHASES_S:-65}" 175)
   if [ "$t" -ge 20 ]; then
-    timeout -k 15 "$t" "$PY" benchmarks/bench_trial_phases.py --data "$DATA" --image-size "$PX" --epochs "$EPOCHS" "${EXTRA[@]}" --out "$OUT/phases.md" \
+    timeout -k 15 "$t" "$PY" benchmarks/bench_trial_phases.py --data "$DATA" --image-size "$PX" --epochs "$EPOCHS" "${EXTRA[@]}" "${PHASES[@]}" --out "$OUT/phases.md" \
       || echo "bench_trial_phases ended with $? (timeout $t s)"
   else echo "skipped: only $t s for it"; fi
 
