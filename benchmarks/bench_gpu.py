@@ -3,7 +3,7 @@
 For each image size and N, the script starts one `agesearch run` (it creates the study and
 warms the data cache), waits for its first trial, then starts the other N-1 on the same SQLite
 study. The measuring window opens once N trials run at once and lasts --seconds; then every
-process is stopped (SIGINT, then SIGKILL). Every 0.5 s a monitor thread samples the GPU (NVML,
+process is stopped (SIGTERM, then SIGKILL). Every 0.5 s a monitor thread samples the GPU (NVML,
 else nvidia-smi; "n/a" without a GPU) and counts, read-only from the study's SQLite file, the
 epochs reported (Optuna intermediate values) and the trials finished. From these:
 
@@ -174,11 +174,12 @@ def wait_for(monitor: Monitor, procs: list[subprocess.Popen], test, limit: float
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
-    """SIGINT (Optuna marks the running trial failed and exits), then SIGKILL after 10 s."""
+    """SIGTERM, then SIGKILL after 3 s: the window is closed and the study is thrown away, so
+    nothing needs a clean exit, and the next N should not wait for one."""
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    deadline = time.perf_counter() + 10
+            p.terminate()
+    deadline = time.perf_counter() + 3
     for p in procs:
         try:
             p.wait(timeout=max(0.1, deadline - time.perf_counter()))
@@ -222,7 +223,7 @@ def run_packed(args, size: int, n: int, run_flags: str, probe: GpuProbe, cache: 
 
 def window_delta(samples: list[Sample], opened: float, closed: float) -> tuple[int, int, float, int]:
     """(epochs, finished trials, seconds) between the study readings nearest the window's ends,
-    and the trials failed by then (out of memory, ...; those our SIGINT stops come later)."""
+    and the trials failed by then (out of memory, ...; those our SIGTERM stops come later)."""
     read = [s for s in samples if s.study is not None]
     a = min(read, key=lambda s: abs(s.t - opened))
     b = min(read, key=lambda s: abs(s.t - closed))

@@ -43,7 +43,7 @@ setup() {
   nvidia-smi -L | tee "$OUT/device.txt"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/device.txt" 2>&1
   timeout 60 "$PY" -c "import jax, keras, optuna, pynvml, agesearch.search.cli; print('jax', jax.__version__, jax.devices(), '| keras', keras.__version__, '| optuna', optuna.__version__)" 2>&1 | tee -a "$OUT/device.txt"
-  DATA=.gpudata/utkface-5k; PX=64; PX_BIG=128; EPOCHS=5; PACK="1 2 4 8"; PACK_BIG="1 4"; SECONDS_PER_N=20
+  DATA=.gpudata/utkface-5k; PX=64; PX_BIG=128; EPOCHS=5; PACK="1 2 4 8"; PACK_BIG="1 4"; SECONDS_PER_N=18
   EXTRA=()
   # The write-up model B preset (issue 11) if it exists by then; bench_trial_phases falls back to ModelConfig().
   PHASES=(--preset "${PHASES_PRESET:-deep-age-branch}")
@@ -58,7 +58,7 @@ main() {
   # PX, EPOCHS and OUT from the environment and writes at most 4 files under $OUT.
   step "b. quality hook"
   if [ -f benchmarks/device_quality.sh ]; then
-    t=$(cap "${QUALITY_S:-270}" 245)
+    t=$(cap "${QUALITY_S:-270}" 260)
     if [ "$t" -ge 30 ]; then timeout -k 15 "$t" bash benchmarks/device_quality.sh || echo "device_quality.sh ended with $? (timeout $t s)"
     else echo "skipped: only $t s for it"; fi
   else
@@ -66,7 +66,7 @@ main() {
   fi
 
   step "c. trial phases, $PX px"
-  t=$(cap "${PHASES_S:-65}" 175)
+  t=$(cap "${PHASES_S:-65}" 190)
   if [ "$t" -ge 20 ]; then
     timeout -k 15 "$t" "$PY" benchmarks/bench_trial_phases.py --data "$DATA" --image-size "$PX" --epochs "$EPOCHS" "${EXTRA[@]}" "${PHASES[@]}" --out "$OUT/phases.md" \
       || echo "bench_trial_phases ended with $? (timeout $t s)"
@@ -75,7 +75,7 @@ main() {
   # d. Packing at 64 px: N = 1, 2, 4, 8, each measured for SECONDS_PER_N once all N run. On SIGTERM
   # (its timeout) bench_gpu stops its processes and still records the Ns it measured.
   step "d. packing, $PX px"
-  t=$(cap 170 0)
+  t=$(cap 185 0)
   timeout -k 20 "$t" "$PY" benchmarks/bench_gpu.py --packing $PACK --image-size "$PX" --seconds "$SECONDS_PER_N" --epochs "$EPOCHS" \
     --data "$DATA" "${EXTRA[@]}" --out "$OUT/gpu.md" || echo "bench_gpu ($PX px) ended with $? (timeout $t s)"
 
