@@ -54,7 +54,7 @@ def summarise(study) -> dict:
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    start = min(t.datetime_start for t in study.trials)
+    start = min(t.datetime_start for t in study.trials if t.datetime_start is not None)
     presets = {t.user_attrs["preset"]: t for t in done if "preset" in t.user_attrs}
     searched = [t for t in done if "preset" not in t.user_attrs]
     best_preset = min(presets.values(), key=lambda t: t.value) if presets else None

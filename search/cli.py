@@ -104,7 +104,7 @@ OPTIONS: dict[str, dict] = {
     "--image-size": dict(type=image_size, default=128, help="images are resized to this many pixels square"),
     "--limit": dict(type=positive_int, help="use only this many images (a seeded random subset)"),
     "--seed": dict(type=int, default=0, help="seed of the split, the data subset and the sampler"),
-    "--epochs": dict(type=positive_int, default=10, help="most epochs per trial (early stopping may end sooner)"),
+    "--epochs": dict(type=positive_int, default=30, help="most epochs per trial (early stopping may end sooner; pruning starts after a third)"),
     "--model": dict(type=Path, required=True, help=".keras model file (from `agesearch export`)"),
     "--json": dict(action="store_true", help="print JSON instead of text"),
     "--artifacts": dict(metavar="DIR|s3://BUCKET/PREFIX", help="Optuna artifact store of the trials' models (default: the one the study recorded, else studies/<study>-artifacts/; S3 needs the s3 extra)"),
@@ -128,7 +128,7 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-    for add in (_add_run, _add_report, _add_dashboard, _add_spaces, _add_data, _add_export, _add_evaluate, _add_predict):
+    for add in (_add_run, _add_report, _add_dashboard, _add_spaces, _add_presets, _add_data, _add_export, _add_evaluate, _add_predict):
         add(sub)
     return p
 
@@ -316,10 +316,42 @@ def cmd_spaces(args) -> int:
     from agesearch.spaces import SPACES, describe_space
 
     for name in sorted(SPACES):
-        doc = (SPACES[name].__doc__ or "").strip().splitlines()
+        doc = (SPACES[name].fn.__doc__ or "").strip().splitlines()
         print(f"{name}: {doc[0] if doc else ''}")
         for key, dist in describe_space(name, args.image_size).items():
             print(f"    {key:<18} {_describe(dist)}")
+    return 0
+
+
+def _add_presets(sub) -> None:
+    pr = sub.add_parser(
+        "presets",
+        help="list the write-ups' models (the baseline trials of `run`) with parameter counts and results",
+        description="List the presets: each published write-up's final model and training recipe, which "
+        "`agesearch run` enqueues as the first trials of a new study when its space contains them.",
+    )
+    _add(pr, ("--image-size", dict(help="parameter counts and the spaces holding each preset are for this size")))
+    pr.set_defaults(handler=cmd_presets, optuna=True)
+
+
+def cmd_presets(args) -> int:
+    from agesearch.search.frameworks import import_keras_quietly
+
+    import_keras_quietly()
+    from agesearch.models import build_model
+    from agesearch.models.presets import PRESETS
+    from agesearch.spaces import baseline_trials, space_names
+
+    holders = {name: [s for s in space_names() if name in dict(baseline_trials(s, args.image_size))] for name in PRESETS}
+    print(f"presets at {args.image_size} px (run --baselines NAME,... or --no-baselines):")
+    for name, preset in PRESETS.items():
+        try:
+            params = f"{build_model(preset.configs(args.image_size)[0]).count_params():,} params"
+        except ValueError as e:  # too deep for so small an image
+            params = f"does not fit: {str(e).split('. Received')[0]}"
+        print(f"  {name:<24} {params}")
+        print(f"      {preset.summary}")
+        print(f"      reported: {preset.reported}; in spaces: {', '.join(holders[name]) or 'none at this size'}")
     return 0
 
 
