@@ -355,37 +355,3 @@ class KeepBestModels:
                 except ArtifactNotFound:
                     pass
                 self.removed.add(meta["artifact_id"])
-
-
-class BestModelKeeper:
-    """Optuna callback of the pre-artifact layout: keep the trial's file only if it is the best.
-
-    "Best" is the lowest combined objective (user attr `objective`). Kept while trial.py still
-    saves `trial-N.keras` into `models_dir`; studies it made are read by `legacy_model`.
-    """
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def current_best(self) -> float:
-        info = self.directory / BEST_INFO
-        if info.exists():
-            return float(json.loads(info.read_text())["objective"])
-        return float("inf")
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        import os
-
-        from agesearch.search.files import write_json
-        from agesearch.search.trial import model_path
-
-        path = model_path(self.directory, trial.number)
-        if not path.exists():
-            return
-        objective = trial.user_attrs.get("objective")
-        if trial.state == TrialState.COMPLETE and objective is not None and objective < self.current_best():
-            os.replace(path, self.directory / BEST_MODEL)
-            write_json(self.directory / BEST_INFO, {"trial": trial.number, "objective": objective, "study": study.study_name})
-        else:
-            path.unlink(missing_ok=True)

@@ -577,9 +577,9 @@ def run_distributed(
 
     Starts a local Ray runtime (or joins `address`), runs trials until the study holds
     `n_trials` finished ones, and leaves Ray as it found it. Completed trials' models are
-    written by the worker to `model_path(task.models_dir, N)` (an absolute path: on a cluster,
-    the file lands on the worker's machine under that path unless the folder is shared), and
-    the callbacks (BestModelKeeper, a progress line) run on the driver after each trial.
+    uploaded by the worker to the artifact store `task.artifacts` (nothing depends on a shared
+    folder) and attached to their trial by the driver's `tell_outcome`; the callbacks
+    (KeepBestModels, a progress line) run on the driver after each trial.
 
     Raises:
         DistributedError: Ray missing, cluster unreachable, resources the cluster lacks.

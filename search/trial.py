@@ -74,7 +74,8 @@ def exit_on_second_interrupt() -> None:
 
 
 def model_path(models_dir: Path | str, number: int) -> Path:
-    """Where trial `number`'s model is written before BestModelKeeper keeps or deletes it."""
+    """Where trial `number`'s model is written when a models folder is asked for (searches
+    upload to an artifact store instead: `train_configs(artifacts=...)`)."""
     return Path(models_dir) / f"trial-{number}.keras"
 
 
