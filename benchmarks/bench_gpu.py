@@ -222,11 +222,14 @@ def run_packed(args, size: int, n: int, run_flags: str, probe: GpuProbe, cache: 
 
 
 def window_delta(samples: list[Sample], opened: float, closed: float) -> tuple[int, int, float, int]:
-    """(epochs, finished trials, seconds) between the study readings nearest the window's ends,
+    """(epochs, finished trials, seconds) between the study readings at the window's ends,
     and the trials failed by then (out of memory, ...; those our SIGTERM stops come later)."""
     read = [s for s in samples if s.study is not None]
+    if not read:  # the study file was never readable: nothing to count
+        return 0, 0, 1e-9, 0
     a = min(read, key=lambda s: abs(s.t - opened))
-    b = min(read, key=lambda s: abs(s.t - closed))
+    # The last reading before the close: those after it may already see the processes being stopped.
+    b = max((s for s in read if s.t <= closed), key=lambda s: s.t, default=read[-1])
     return b.study[0] - a.study[0], b.study[1] - a.study[1], max(b.t - a.t, 1e-9), b.study[3]
 
 
