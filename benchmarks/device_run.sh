@@ -3,6 +3,8 @@
 #
 # The lead's call (device tool), after rebuilding the wheel here:
 #   (cd /work/main && rm -f .whl/agesearch-*.whl && pip wheel -q --no-deps . -w .whl)
+#   (with build isolation: the venv's setuptools 65 cannot read pyproject's `license`, so
+#   --no-build-isolation fails; pip takes setuptools>=77 from the index)
 #   run(command="bash benchmarks/device_run.sh", carry=[".whl", ".gpudata"], timeout_s=560, kind="nvidia-h200")
 #
 # .whl/ holds agesearch's wheel and the runtime packages the device image lacks (keras, optuna,
