@@ -58,7 +58,8 @@ class EpochProgress:
             from rich.live import Live
 
             # redirect_stdout: the per-trial lines print above the updating line.
-            self._live = Live("", console=Console(), transient=True, redirect_stdout=True, refresh_per_second=4)
+            # The renderable is this object: each refresh redraws the elapsed times.
+            self._live = Live(self, console=Console(), transient=True, redirect_stdout=True, refresh_per_second=2)
             self._live.__enter__()
         return self
 
@@ -73,17 +74,21 @@ class EpochProgress:
     def epoch(self, number: int, epoch: int, value: float) -> None:
         start = self.started.setdefault(number, time.monotonic())
         self.running[number] = (epoch, value, start)
-        if self._live is not None:
-            self._live.update(" | ".join(self._describe(n) for n in sorted(self.running)))
-        else:
+        if self._live is None:
             print(f"  {self._describe(number)}", flush=True)
 
     def done(self, number: int) -> None:
         self.running.pop(number, None)
         self.started.pop(number, None)
-        if self._live is not None:
-            self._live.update(" | ".join(self._describe(n) for n in sorted(self.running)))
 
-    def _describe(self, number: int) -> str:
-        epoch, value, start = self.running[number]
+    def __rich__(self) -> str:
+        # Called from rich's refresh thread: read a snapshot, the search thread writes.
+        running, started = dict(self.running), dict(self.started)
+        now = time.monotonic()
+        return " | ".join(
+            self._describe(n, running) if n in running else f"#{n} starting {now - t:.0f}s" for n, t in sorted(started.items())
+        )
+
+    def _describe(self, number: int, running: dict | None = None) -> str:
+        epoch, value, start = (running or self.running)[number]
         return f"#{number} epoch {epoch + 1}/{self.epochs} val objective {value:.4f} {time.monotonic() - start:.0f}s"

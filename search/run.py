@@ -263,13 +263,8 @@ def run_search(
     """
     fn = _space(space, backbone_weights)
     multi = objective == "multi"
-    if multi and pruner not in (None, "none"):
-        raise UsageError(f"--pruner {pruner} cannot be used with --objective multi: Optuna's pruners are single-objective only")
-    sampler_name = "grid" if getattr(fn, "grid", None) is not None else sampler or ("nsga2" if multi else "tpe")
-    pruner_name = pruner or ("none" if multi else "median")
-    seed = data.seed if sampler_seed is None else sampler_seed
-    grid = fn.grid(data.image_size) if sampler_name == "grid" else None
-    sampler_obj = make_sampler(sampler or ("nsga2" if multi else "tpe"), seed, multi=multi, grid=grid)
+    sampler_obj, pruner_obj, names = _sampler_and_pruner(fn, sampler, pruner, multi=multi, seed=data.seed if sampler_seed is None else sampler_seed,
+                                                         image_size=data.image_size, epochs=epochs)
     study_name = study_name or space
     url = storage or st.default_storage(study_name)
     st.check_storage_url(url)
@@ -282,16 +277,14 @@ def run_search(
     ds, split, train_data = load_data(data)
     meta = study_meta(data, space, objective, ds, split, train_data.baselines)
     rdb = st.open_storage(url)
-    study = st.create_or_resume(
-        study_name, rdb, directions=["minimize", "maximize"] if multi else ["minimize"], meta=meta,
-        sampler=sampler_obj, pruner=make_pruner(pruner_name, epochs),
-    )
+    study = st.create_or_resume(study_name, rdb, directions=["minimize", "maximize"] if multi else ["minimize"], meta=meta,
+                                sampler=sampler_obj, pruner=pruner_obj)
     enqueued = st.enqueue_baselines(study, presets)
     done = st.finished_count(study)
     b = train_data.baselines
     print(
         f"study {study_name} in {url}: {done} finished, {max(n_trials - done, 0)} to run "
-        f"(space {space}, sampler {sampler_name}, pruner {pruner_name}, {epochs} epochs, "
+        f"(space {space}, {names}, {epochs} epochs, "
         f"trivial val age MAE {b.mae_trivial:.2f} y, gender error {b.error_trivial:.3f})"
         + (f"; {enqueued} presets enqueued first" if enqueued else ""),
         flush=True,
@@ -299,20 +292,40 @@ def run_search(
     if n_trials > done:
         if artifacts is None:  # a resume keeps the store the study was started with
             spec = study.user_attrs.get(STORE_ATTR, spec)
-        keeper = KeepBestModels(store_for(spec), keep_models)
         record_store(study, spec)
         task = SearchTask(fn, train_data, image_size=data.image_size, epochs=epochs, multi=multi, artifacts=spec)
-        with EpochProgress(epochs, live=live) as progress:
-            callbacks = [keeper, ProgressLine(multi)]
-            if workers > 1 or address:
-                _run_ray(study, task, n_trials, timeout, callbacks, progress, workers=workers, gpus_per_trial=gpus_per_trial,
-                         cpus_per_trial=cpus_per_trial, address=address, max_retries=max_retries, cache_dir=data.cache_dir)
-            else:
-                run_in_process(study, task, rdb, n_trials=n_trials, timeout=timeout, callbacks=callbacks, progress=progress)
+        callbacks = [KeepBestModels(store_for(spec), keep_models), ProgressLine(multi)]
+        ray_options = dict(workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, address=address,
+                           max_retries=max_retries, cache_dir=data.cache_dir) if workers > 1 or address else None
+        _execute(study, task, rdb, n_trials=n_trials, timeout=timeout, callbacks=callbacks, live=live, ray_options=ray_options)
     from agesearch.search.summary import summarize
 
     print(summarize(study), flush=True)
     return study
+
+
+def _sampler_and_pruner(space_fn, sampler: str | None, pruner: str | None, *, multi: bool, seed: int, image_size: int, epochs: int):
+    """(sampler, pruner, "sampler NAME, pruner NAME"); a grid space walks its grid."""
+    if multi and pruner not in (None, "none"):
+        raise UsageError(f"--pruner {pruner} cannot be used with --objective multi: Optuna's pruners are single-objective only")
+    sampler_name = sampler or ("nsga2" if multi else "tpe")
+    grid = space_fn.grid(image_size) if getattr(space_fn, "grid", None) is not None else None
+    pruner_name = pruner or ("none" if multi else "median")
+    sampler_obj = make_sampler(sampler_name, seed, multi=multi, grid=grid)
+    return sampler_obj, make_pruner(pruner_name, epochs), f"sampler {'grid' if grid is not None else sampler_name}, pruner {pruner_name}"
+
+
+def _execute(study, task: SearchTask, storage, *, n_trials: int, timeout: float | None, callbacks: list, live: bool | None,
+             ray_options: dict | None) -> None:
+    """Run the trials here, or on Ray with `ray_options`, under the live progress line."""
+    with EpochProgress(task.epochs, live=live) as progress:
+        if ray_options is not None:
+            from agesearch.search.distributed import run_distributed
+
+            run_distributed(study, task, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, lambda s, t: progress.done(t.number)],
+                            on_epoch=progress.epoch, **ray_options)
+        else:
+            run_in_process(study, task, storage, n_trials=n_trials, timeout=timeout, callbacks=callbacks, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -326,13 +339,6 @@ class SearchTask:
     multi: bool
     models_dir: Path | None = None
     artifacts: str | None = None  # artifact store spec (artifacts.resolve_spec): where models go
-
-
-def _run_ray(study, task: SearchTask, n_trials, timeout, callbacks, progress, **ray_options) -> None:
-    from agesearch.search.distributed import run_distributed
-
-    run_distributed(study, task, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, lambda s, t: progress.done(t.number)],
-                    on_epoch=progress.epoch, **ray_options)
 
 
 def _heartbeat(storage, trial: optuna.Trial):

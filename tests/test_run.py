@@ -140,3 +140,16 @@ def test_ctrl_c_is_one_line_and_the_resume_reruns_the_interrupted_trial(tmp_path
     trials = study.trials
     assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params and trials[2].state == TrialState.COMPLETE
     assert len(set(_params(trials))) == len(_params(trials))  # the resume drew nothing twice
+
+
+def test_epoch_progress_plain_lines_and_live_text(capsys):
+    from agesearch.search.progress import EpochProgress
+
+    with EpochProgress(3, live=False) as progress:
+        progress.start(4)
+        progress.epoch(4, 0, 0.91234)
+        progress.start(5)
+        assert progress.__rich__().startswith("#4 epoch 1/3 val objective 0.9123 ") and "| #5 starting " in progress.__rich__()
+        progress.done(4)
+        assert "#4" not in progress.__rich__()
+    assert capsys.readouterr().out.splitlines() == ["  #4 epoch 1/3 val objective 0.9123 0s"]
