@@ -153,3 +153,24 @@ def test_epoch_progress_plain_lines_and_live_text(capsys):
         progress.done(4)
         assert "#4" not in progress.__rich__()
     assert capsys.readouterr().out.splitlines() == ["  #4 epoch 1/3 val objective 0.9123 0s"]
+
+
+def test_in_process_loop_fails_and_retries_a_dead_process_trial(tmp_path, synthetic_dir):
+    """A trial whose process died (heartbeat stopped) is failed and run again with its params."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from agesearch.search.run import SearchTask, load_data, run_in_process
+
+    _, _, data = load_data(DataSpec(image_size=16, limit=120, synthetic_count=200))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1,
+                                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    study = optuna.create_study(study_name="hb", storage=storage, sampler=make_sampler("random", 0, multi=False))
+    space = agesearch.spaces.get_space("arch")
+    dead = study.ask()
+    space(dead, 16)
+    storage.record_heartbeat(dead._trial_id)  # its last sign of life; then the process "died"
+    time.sleep(2.5)
+    run_in_process(study, SearchTask(space, data, image_size=16, epochs=1, multi=False), storage, n_trials=1)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params and st.finished_count(study) == 1
