@@ -89,7 +89,15 @@ def open_storage(url: str, *, heartbeat: bool = True, create_dirs: bool = True) 
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=False),
         )
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+                # Another process is making the same new database's tables right now (two
+                # `agesearch run` started together): once it has, opening it again works.
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except Exception as e:
         if created and path is not None:
             path.unlink(missing_ok=True)
