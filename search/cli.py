@@ -65,6 +65,13 @@ def non_negative(kind: type):
     return parse
 
 
+def name_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"must be one or more names separated by commas, got {text!r}")
+    return names
+
+
 def port_number(text: str) -> int:
     try:
         value = int(text)
@@ -158,6 +165,9 @@ def _add_run(sub) -> None:
     r.add_argument("--synthetic-count", type=positive_int, default=1200, help="images in the built-in synthetic set")
     _add(r, "--cache-dir")
     r.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH", help="weights of the pretrained backbones a space samples (the full space): imagenet (downloaded by Keras on first use, needs the network), none (random init) or a weights file")
+    base = r.add_mutually_exclusive_group()
+    base.add_argument("--baselines", type=name_list, metavar="NAME,...", help="presets to run as the first trials of a new study (default: every preset the space holds at this image size; `agesearch presets` lists them)")
+    base.add_argument("--no-baselines", action="store_true", help="enqueue no presets")
     _add(r, "--artifacts")
     r.add_argument("--keep-models", type=positive_int, metavar="K", help="keep only the best K trials' models in the artifact store (default: every complete trial's)")
     _add_run_ray(r)
@@ -206,6 +216,13 @@ def check_run(args) -> None:
         from agesearch.search.artifacts import check_spec
 
         check_spec(args.artifacts)
+    if args.baselines:
+        from agesearch.spaces import baseline_trials
+
+        try:
+            baseline_trials(args.space, args.image_size, args.baselines)
+        except (KeyError, ValueError) as e:
+            raise UsageError(f"--baselines: {e.args[0]}") from None
     check_data_folder(args.data, limit=args.limit, seed=args.seed)
 
 
@@ -222,7 +239,7 @@ def cmd_run(args) -> int:
         epochs=args.epochs, sampler=args.sampler, pruner=args.pruner, objective=args.objective,
         backbone_weights=args.backbone_weights, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, address=args.address, max_retries=args.max_retries,
-        artifacts=args.artifacts, keep_models=args.keep_models,
+        artifacts=args.artifacts, keep_models=args.keep_models, baselines=False if args.no_baselines else args.baselines,
     )
     return 0
 

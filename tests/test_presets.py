@@ -93,3 +93,35 @@ def test_presets_command_lists_parameter_counts_results_and_spaces(capsys):
     assert "reported: val 6.95 y / 88 %; in spaces: arch, cnn, full" in out
     code, out, _ = run_cli(["presets", "--image-size", "16"], capsys)
     assert "deep-age-branch          does not fit" in out
+
+
+def _preset_trials(storage: str, study: str) -> list[str]:
+    return [t.user_attrs.get("preset") for t in optuna.load_study(study_name=study, storage=storage).trials]
+
+
+def test_run_enqueues_the_presets_first_once_per_study(in_tmp, capsys):
+    from conftest import run_cli
+
+    common = ["run", "--space", "train", "--image-size", "16", "--epochs", "1", "--synthetic-count", "200", "--pruner", "none"]
+    code, out, err = run_cli([*common, "--n-trials", "2"], capsys)
+    assert code == 0, err
+    assert "1 presets enqueued first" in out
+    storage = "sqlite:///studies/train.db"
+    assert _preset_trials(storage, "train") == ["shared-trunk-128-64-32", None]
+    code, out, err = run_cli([*common, "--n-trials", "3"], capsys)  # a resume enqueues nothing again
+    assert code == 0, err
+    assert "presets enqueued" not in out
+    assert _preset_trials(storage, "train") == ["shared-trunk-128-64-32", None, None]
+
+
+def test_run_no_baselines_and_bad_baselines(in_tmp, capsys):
+    from conftest import run_cli
+
+    code, out, err = run_cli(["run", "--space", "train", "--image-size", "16", "--epochs", "1", "--synthetic-count", "200", "--n-trials", "1", "--no-baselines"], capsys)
+    assert code == 0, err
+    assert _preset_trials("sqlite:///studies/train.db", "train") == [None]
+    code, out, err = run_cli(["run", "--space", "arch", "--image-size", "64", "--baselines", "three-conv-mse"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--baselines: preset 'three-conv-mse' is not a point of space 'arch' at 64 px" in err
+    code, out, err = run_cli(["run", "--space", "arch", "--baselines", "nope"], capsys)
+    assert code == 2 and "--baselines: unknown preset 'nope'; known presets:" in err
