@@ -10,7 +10,7 @@ EPOCHS_Q=${QUALITY_EPOCHS:-30}
 PROCS=${QUALITY_PROCESSES:-4}
 BUDGET_Q=${QUALITY_BUDGET:-220}
 [ "${DRY:-0}" = 1 ] && { EPOCHS_Q=2; PROCS=2; BUDGET_Q=20; }
-"$PY" benchmarks/quality_utkface.py --data "$DATA" --space cnn --image-size "$PX" --epochs "$EPOCHS_Q" \
+timeout -k 5 "${QUALITY_INNER_S:-245}" "$PY" benchmarks/quality_utkface.py --data "$DATA" --space cnn --image-size "$PX" --epochs "$EPOCHS_Q" \
   --processes "$PROCS" --budget "$BUDGET_Q" --workdir "$WORK" --out "$OUT/quality.md"
 code=$?
 cp "$WORK"/studies/*.db "$OUT/quality.db" 2>/dev/null
