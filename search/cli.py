@@ -159,7 +159,8 @@ def _add_run(sub) -> None:
     r.add_argument("--sampler", choices=["tpe", "random", "cmaes", "nsga2"], help="Optuna sampler (default: tpe; nsga2 for --objective multi)")
     r.add_argument("--pruner", choices=["median", "hyperband", "none"], help="Optuna pruner (default: median; none for --objective multi)")
     r.add_argument("--objective", choices=["combined", "multi"], default="combined", help="combined: minimise val_age_mae/mae_trivial + val_gender_error/error_trivial; multi: age MAE down and gender accuracy up, a Pareto front")
-    _add(r, "--seed")
+    _add(r, ("--seed", dict(help="data seed: the split and the --limit subset (must match when a study is resumed)")))
+    r.add_argument("--sampler-seed", type=int, help="base of the sampler's seeds, one per trial number (default: --seed); may differ between runs and processes of one study")
     r.add_argument("--split", type=split_fractions, default=(0.7, 0.15, 0.15), metavar="TRAIN,VAL,TEST", help="split fractions")
     _add(r, "--limit")
     r.add_argument("--synthetic-count", type=positive_int, default=1200, help="images in the built-in synthetic set")
@@ -240,6 +241,7 @@ def cmd_run(args) -> int:
         backbone_weights=args.backbone_weights, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, address=args.address, max_retries=args.max_retries,
         artifacts=args.artifacts, keep_models=args.keep_models, baselines=False if args.no_baselines else args.baselines,
+        sampler_seed=args.sampler_seed,
     )
     return 0
 
