@@ -89,10 +89,9 @@ def pick_trial(study, number: int | None):
         return t
     if not complete:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to export")
-    if len(study.directions) > 1:
-        front = [t for t in study.best_trials if "objective" in t.user_attrs] or complete
-        return min(front, key=lambda t: (t.user_attrs.get("objective", float("inf")), t.number))
-    return study.best_trial
+    from agesearch.search.study import best_trial  # the one definition of "the best trial"
+
+    return best_trial(study)
 
 
 def export_trial(
