@@ -358,3 +358,30 @@ def test_run_joins_a_ray_cluster_by_address(ray_cluster, tmp_path, cache_dir):
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     # The workers were the cluster's: their logs are in its temp dir.
     assert list((root / "t").glob("session_*/logs/worker-*.out"))
+
+
+def test_run_ctrl_c_on_ray_is_one_line_and_the_resume_reruns_the_trials(tmp_path, cache_dir):
+    cmd = [*AGESEARCH, "run", *TINY, "--epochs", "3", "--n-trials", "3", "--workers", "2", "--pruner", "none"]
+    env = dict(os.environ, AGESEARCH_CACHE_DIR=str(cache_dir), RAY_AUTH_MODE="disabled")
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if " epoch 1/3 " in line:  # a trial is mid-way
+                first.send_signal(signal.SIGINT)
+                break
+        _, err = first.communicate(timeout=120)
+    finally:
+        _kill_session(first.pid)
+    assert first.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("agesearch: interrupted; running trial(s) #"), err[-2000:]
+    study = _study(f"sqlite:///{tmp_path / 'studies' / 'arch.db'}")
+    interrupted = [t for t in study.get_trials() if t.user_attrs.get("fail_reason") == "interrupted (Ctrl-C)"]
+    assert interrupted and st.finished_count(study) == sum(t.state == TrialState.COMPLETE for t in study.get_trials())
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-2000:]
+    trials = _study(f"sqlite:///{tmp_path / 'studies' / 'arch.db'}").get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    for t in interrupted:  # each ran again with its parameters
+        (retry,) = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+        assert retry.params == t.params and retry.state == TrialState.COMPLETE
