@@ -174,3 +174,15 @@ def test_in_process_loop_fails_and_retries_a_dead_process_trial(tmp_path, synthe
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params == trials[0].params and st.finished_count(study) == 1
+
+
+def test_second_ctrl_c_exits_at_once():
+    code = ("import os, signal, time\n"
+            "from agesearch.search.trial import exit_on_second_interrupt\n"
+            "exit_on_second_interrupt()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n"
+            "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and done.stdout == ""
+    assert done.stderr == "agesearch: interrupted again; stopped at once.\n"
