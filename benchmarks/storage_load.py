@@ -37,12 +37,30 @@ print(reads, errors)
 """
 
 
+def sleep_work(payload: dict, data, reporter):
+    """The dummy trial: `steps` reports of a made-up value, a short sleep before each.
+
+    Defined in this script (run as __main__), so Ray sends it to the workers by value.
+    """
+    from optuna.trial import TrialState
+
+    from agesearch.search.trial import TrialOutcome
+
+    value = 0.0
+    for step in range(payload["steps"]):
+        time.sleep(payload["seconds"])
+        value = (payload["x"] - 0.3) ** 2 + 1.0 / (step + 1)
+        if reporter is not None and reporter(step, value):
+            return TrialOutcome(TrialState.PRUNED, None, {"pruned_at_epoch": step})
+    return TrialOutcome(TrialState.COMPLETE, [value], {"objective": value})
+
+
 def main() -> None:
     import optuna
     import ray
     from optuna.trial import TrialState
 
-    from agesearch.search.distributed import drive, sleep_work
+    from agesearch.search.distributed import drive
     from agesearch.search.study import open_storage
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
