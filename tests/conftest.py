@@ -50,3 +50,8 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in an empty folder, so studies/ lands there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# The session-scoped finished study (4 searched trials, a pruned and a failed one), trained once
+# and shared by the report, browser, artifact and export tests.
+from report_study import finished  # noqa: E402,F401

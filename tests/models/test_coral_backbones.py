@@ -115,14 +115,17 @@ def test_backbone_weights_from_a_local_file(tmp_path):
 
 
 def test_backbone_imagenet_without_network_says_what_to_do(tmp_path, monkeypatch):
+    """The download fails as it does offline (Keras' get_file raises): one actionable error."""
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(file_utils, "get_file", offline)
     cfg = ModelConfig(image_size=32, shared_blocks=0, age_blocks=0, gender_blocks=0, filters=(), backbone="mobilenetv3small", backbone_weights="imagenet", head="gap")
-    try:
+    with pytest.raises(BackboneWeightsError, match=r"could not get ImageNet weights for mobilenetv3small \(Exception: URL fetch failure.*needs network access: pass --backbone-weights PATH \(a local weights file\) or --backbone-weights none"):
         build_model(cfg)
-    except BackboneWeightsError as e:  # the usual case here: no network
-        assert "needs network access: pass --backbone-weights PATH (a local weights file) or --backbone-weights none" in str(e)
-    else:  # a machine with network access downloaded them: the weights are not random
-        assert any(p.suffix == ".h5" for p in tmp_path.rglob("*"))
 
 
 def test_saved_coral_model_loads_in_a_fresh_process(tmp_path, data):

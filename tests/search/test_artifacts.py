@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from agesearch.search import artifacts as art
-from report_study import finished  # noqa: F401  (the session-scoped finished study)
+
 from agesearch.search.errors import UsageError
 
 

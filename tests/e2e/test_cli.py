@@ -237,6 +237,7 @@ JAX_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_run_on_jax_backend_without_tensorflow(tmp_path, synthetic_dir):
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

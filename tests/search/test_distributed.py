@@ -23,6 +23,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.ray
+
 pytest.importorskip("ray")
 
 from agesearch.search import study as st  # noqa: E402

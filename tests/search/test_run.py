@@ -93,6 +93,7 @@ def test_run_other_data_seed_is_refused_and_sampler_seed_is_not(in_tmp, syntheti
     assert len(study.trials) == 2 and len(set(_params(study.trials))) == 2
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_study_share_the_total_and_repeat_nothing(tmp_path, cache_dir, synthetic_dir):
     cmd = [*AGESEARCH, "run", *TINY, "--n-trials", "6"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -119,6 +120,7 @@ def _start_and_interrupt(cmd, cwd, env) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines) + out, err)
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_the_resume_reruns_the_interrupted_trial(tmp_path, cache_dir, synthetic_dir):
     cmd = [*AGESEARCH, "run", *TINY, "--epochs", "3", "--image-size", "32", "--n-trials", "3", "--pruner", "none"]
     first = _start_and_interrupt(cmd, tmp_path, _env(cache_dir))
@@ -155,6 +157,7 @@ def test_epoch_progress_plain_lines_and_live_text(capsys):
     assert capsys.readouterr().out.splitlines() == ["  #4 epoch 1/3 val objective 0.9123 0s"]
 
 
+@pytest.mark.slow
 def test_in_process_loop_fails_and_retries_a_dead_process_trial(tmp_path, synthetic_dir):
     """A trial whose process died (heartbeat stopped) is failed and run again with its params."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback

@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
-from report_study import finished, hand_made_study, median  # noqa: F401  (finished: session fixture)
+from report_study import hand_made_study, median
 
 from agesearch.search.cli import main
 from agesearch.search.report import SECTION_IDS, ablation_tables

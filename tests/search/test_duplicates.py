@@ -142,6 +142,7 @@ def test_data_check_cli_missing_folder_is_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data not found at {REAL_DATA}")
+@pytest.mark.slow
 def test_data_check_real_utkface_finds_known_copies(capsys):
     start = time.perf_counter()
     code, out, err = run_cli(["data", "check", "--data", str(REAL_DATA), "--image-size", "64", "--json"], capsys)

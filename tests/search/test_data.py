@@ -149,6 +149,7 @@ def test_load_faces_bad_folder_errors(tmp_path, setup, message):
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/utkface-5k is not here")
+@pytest.mark.slow
 def test_real_utkface_parse_all_and_load_some(tmp_path):
     files, malformed = list_faces(REAL_DATA)
     assert len(files) + len(malformed) == 5000

@@ -26,7 +26,7 @@ def data(synthetic_dir, cache_dir) -> TrainingData:
         (dict(lr_schedule="step"), r"Invalid value for `lr_schedule`: must be one of \('constant', 'plateau', 'cosine'\). Received: lr_schedule='step'"),
         (dict(precision="float16"), r"Invalid value for `precision`: must be one of \('float32', 'mixed_bfloat16'\). Received: precision='float16'"),
         (dict(age_weighting="balanced"), r"Invalid value for `age_weighting`: must be one of \('none', 'sqrt_inverse', 'inverse'\)"),
-        (dict(steps_per_execution=-1), r"Invalid value for `steps_per_execution`: must be >= 0 \(0: automatic\). Received: steps_per_execution=-1"),
+        (dict(steps_per_execution=0), r"Invalid value for `steps_per_execution`: must be >= 1. Received: steps_per_execution=0"),
         (dict(patience=0), r"Invalid value for `patience`: must be >= 1 or None. Received: patience=0"),
     ],
 )
