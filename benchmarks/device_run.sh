@@ -46,7 +46,7 @@ setup() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/device.txt" 2>&1
   timeout 60 "$PY" -c "import jax, keras, optuna, agesearch.search.cli, agesearch.search.run; print('jax', jax.__version__, jax.devices(), '| keras', keras.__version__, keras.backend.backend(), '| optuna', optuna.__version__)" 2>&1 | tee -a "$OUT/device.txt"
   timeout 20 "$PY" -c "import pynvml as n; n.nvmlInit(); h = n.nvmlDeviceGetHandleByIndex(0); print('NVML', n.nvmlDeviceGetName(h), n.nvmlDeviceGetMemoryInfo(h).total // 2**20, 'MiB')" 2>&1 | tee -a "$OUT/device.txt"
-  DATA=.gpudata/utkface-5k; PX=64; PX_BIG=128; EPOCHS=5; PACK="1 2 4 8"; PACK_BIG="1 4"; SECONDS_PER_N=18
+  DATA=.gpudata/utkface-5k; PX=64; PX_BIG=128; EPOCHS=5; PACK="${PACK_N:-1 2 4 8}"; PACK_BIG="${PACK_BIG_N:-1 4}"; SECONDS_PER_N=${WINDOW_S:-18}
   EXTRA=()
   # The write-up model B preset (issue 11) if it exists by then; bench_trial_phases falls back to ModelConfig().
   PHASES=(--preset "${PHASES_PRESET:-deep-age-branch}")
@@ -61,7 +61,7 @@ main() {
   # PX, EPOCHS and OUT from the environment and writes at most 4 files under $OUT.
   step "b. quality hook"
   if [ -f benchmarks/device_quality.sh ]; then
-    t=$(cap "${QUALITY_S:-270}" 260)
+    t=$(cap "${QUALITY_S:-270}" "${QUALITY_RESERVE:-260}")
     if [ "$t" -ge 30 ]; then timeout -k 15 "$t" bash benchmarks/device_quality.sh || echo "device_quality.sh ended with $? (timeout $t s)"
     else echo "skipped: only $t s for it"; fi
   else
@@ -84,7 +84,7 @@ main() {
 
   # e. 128 px only with time to spare.
   t=$(cap 170 0)
-  if [ "$t" -ge 70 ]; then
+  if [ "$t" -ge 70 ] && [ -n "$PACK_BIG" ]; then
     step "e. packing, $PX_BIG px ($t s left)"
     timeout -k 20 "$t" "$PY" benchmarks/bench_gpu.py --packing $PACK_BIG --image-size "$PX_BIG" --seconds "$SECONDS_PER_N" --epochs "$EPOCHS" \
       --data "$DATA" "${EXTRA[@]}" --out "$OUT/gpu.md" || echo "bench_gpu ($PX_BIG px) ended with $? (timeout $t s)"

@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--workdir", help="keep the study here (default: a temporary folder)")
     p.add_argument("--out", help="markdown file to append to (default: benchmarks/RESULTS.md)")
     args = p.parse_args()
+    if args.data != "synthetic":
+        args.data = str(Path(args.data).resolve())  # the runs work in their own folder
     exe = [sys.executable, "-m", "agesearch.search.cli"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="agesearch-quality-"))
     work.mkdir(parents=True, exist_ok=True)

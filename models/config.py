@@ -217,7 +217,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | plateau (halve on a 3-epoch plateau) | cosine (decay to 0 over the epochs)
     age_weighting: str = "none"  # age loss weight per image by its decade's train frequency: none | sqrt_inverse | inverse
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
-    steps_per_execution: int = 0  # batches per compiled call (fewer host round trips); 0 = 8 on a GPU, 1 on a CPU
+    steps_per_execution: int = 1  # batches per compiled call: fewer host round trips, a longer compile
     freeze_epochs: int = 0  # with a backbone: epochs with it frozen before fine-tuning it
     finetune_lr_factor: float = 0.1  # learning rate multiplier once the backbone is unfrozen
 
@@ -242,8 +242,8 @@ class TrainConfig:
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS), ("age_weighting", AGE_WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise _invalid(name, f"must be one of {allowed}", getattr(self, name))
-        if self.steps_per_execution < 0:
-            raise _invalid("steps_per_execution", "must be >= 0 (0: automatic)", self.steps_per_execution)
+        if self.steps_per_execution < 1:
+            raise _invalid("steps_per_execution", "must be >= 1", self.steps_per_execution)
         if self.freeze_epochs < 0:
             raise _invalid("freeze_epochs", "must be >= 0", self.freeze_epochs)
         if not 0 < self.finetune_lr_factor <= 1:
