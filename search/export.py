@@ -120,7 +120,7 @@ def export_trial(
 
     from agesearch.models import ModelConfig
     from agesearch.models.config import TrainConfig
-    from agesearch.models.inference import inference_model, load_model
+    from agesearch.models.inference import inference_model
     from agesearch.search.data import Split
     from agesearch.search.study import META_KEY
     from agesearch.search.study_data import study_dataset
@@ -129,7 +129,7 @@ def export_trial(
     meta = study.user_attrs[META_KEY]
     ds, split = study_dataset(meta, cache_dir=cache_dir)
     model_cfg = ModelConfig.from_dict(trial.user_attrs["model_config"])
-    train_cfg = TrainConfig(**trial.user_attrs["train_config"])
+    train_cfg = TrainConfig.from_dict(trial.user_attrs["train_config"])
     if refit_on_train_val:
         n_epochs = epochs or int(trial.user_attrs.get("best_epoch", train_cfg.epochs - 1)) + 1
         # Val joins train; val is still passed because fit() reports on it, but early stopping
@@ -150,19 +150,34 @@ def export_trial(
     with atomic_path(out) as tmp:  # a reader never finds half a model
         model.save(tmp)
 
+    test_metrics, reload_diff = _test_and_reload(model, out, ds, split)
+    card = _card(study, trial, out, meta, split, model_cfg, train_cfg, data, result, refit_on_train_val, seed, test_metrics, reload_diff)
+    write_json(out.with_suffix(".json"), card, indent=2, default=_json_default)
+    return card
+
+
+def _test_and_reload(model, out: Path, ds, split) -> tuple[dict, float]:
+    """Test-split metrics, and the largest difference between the model and the file reloaded.
+
+    A model that does not come back the same from its file is not exported.
+    """
+    from agesearch.models.inference import load_model
+
     test = split.test
     age, p_female = predict_age_gender(model, ds.images[test])
     test_metrics = age_gender_metrics(ds.ages[test], ds.genders[test], age, p_female)
-    # Reload the file just written: a model that does not come back the same is not exported.
     probe = ds.images[test[:16]] if len(test) else ds.images[:16]
     reloaded = load_model(out)
     a1, g1 = predict_age_gender(model, probe)
     a2, g2 = predict_age_gender(reloaded, probe)
-    reload_diff = float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
+    return test_metrics, float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
 
+
+def _card(study, trial, out, meta, split, model_cfg, train_cfg, data, result, refit_on_train_val, seed, test_metrics, reload_diff) -> dict:
+    """The JSON model card: what was trained on what, how, and how it scored."""
     # EarlyStopping restores the epoch with the lowest val objective; a refit keeps the last.
     restored = result.epochs_run - 1 if refit_on_train_val else result.best_epoch
-    card = {
+    return {
         "format": "agesearch-model-card/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_file": out.name,
@@ -191,8 +206,6 @@ def export_trial(
         "reload_check_max_abs_diff": reload_diff,
         "versions": _versions(),
     }
-    write_json(out.with_suffix(".json"), card, indent=2, default=_json_default)
-    return card
 
 
 def _json_default(o):

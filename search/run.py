@@ -221,7 +221,7 @@ def run_search(
     storage: str | None = None,
     n_trials: int = 20,
     timeout: float | None = None,
-    epochs: int = 10,
+    epochs: int = 30,
     sampler: str | None = None,
     pruner: str | None = None,
     objective: Literal["combined", "multi"] = "combined",
@@ -238,7 +238,8 @@ def run_search(
     keep_models: int | None = None,
 ) -> optuna.Study:
     """Run or resume a search until the study holds `n_trials` finished trials; see the module
-    docstring for seeds, several processes and Ctrl-C.
+    docstring for seeds, several processes and Ctrl-C. (Long only for its documented arguments:
+    the body is a few named steps.)
 
     Args:
         space: name of a registered search space.
@@ -263,7 +264,7 @@ def run_search(
     """
     fn = _space(space, backbone_weights)
     multi = objective == "multi"
-    sampler_obj, pruner_obj, names = _sampler_and_pruner(fn, sampler, pruner, multi=multi, seed=data.seed if sampler_seed is None else sampler_seed,
+    sampler_obj, pruner_obj, names = _sampler_and_pruner(space, sampler, pruner, multi=multi, seed=data.seed if sampler_seed is None else sampler_seed,
                                                          image_size=data.image_size, epochs=epochs)
     study_name = study_name or space
     url = storage or st.default_storage(study_name)
@@ -304,12 +305,15 @@ def run_search(
     return study
 
 
-def _sampler_and_pruner(space_fn, sampler: str | None, pruner: str | None, *, multi: bool, seed: int, image_size: int, epochs: int):
+def _sampler_and_pruner(space: str, sampler: str | None, pruner: str | None, *, multi: bool, seed: int, image_size: int, epochs: int):
     """(sampler, pruner, "sampler NAME, pruner NAME"); a grid space walks its grid."""
     if multi and pruner not in (None, "none"):
         raise UsageError(f"--pruner {pruner} cannot be used with --objective multi: Optuna's pruners are single-objective only")
     sampler_name = sampler or ("nsga2" if multi else "tpe")
-    grid = space_fn.grid(image_size) if getattr(space_fn, "grid", None) is not None else None
+    from agesearch.spaces import space_grid
+
+    grid_of = space_grid(space)
+    grid = grid_of(image_size) if grid_of is not None else None
     pruner_name = pruner or ("none" if multi else "median")
     sampler_obj = make_sampler(sampler_name, seed, multi=multi, grid=grid)
     return sampler_obj, make_pruner(pruner_name, epochs), f"sampler {'grid' if grid is not None else sampler_name}, pruner {pruner_name}"

@@ -37,7 +37,6 @@ def register_space(name: str, *, grid: Grid | None = None, to_params: ToParams |
         if name in SPACES:
             raise ValueError(f"space {name!r} is already registered")
         SPACES[name] = SpaceEntry(fn, grid, to_params)
-        fn.grid = grid  # type: ignore[attr-defined]  # read by `agesearch run` to build the GridSampler
         return fn
 
     return add
@@ -76,7 +75,6 @@ def with_backbone_weights(space: Space, weights: str) -> Space:
         return model_cfg, train_cfg
 
     wrapped.__doc__ = space.__doc__
-    wrapped.grid = getattr(space, "grid", None)  # type: ignore[attr-defined]
     return wrapped
 
 

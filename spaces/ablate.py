@@ -6,8 +6,8 @@ each question on the user's data, and better: every value of a knob is tried wit
 the others, so the report's ablation table for a knob compares medians over the same mix of
 everything else, not one lucky pairing.
 
-`agesearch run --space ablate` uses `optuna.samplers.GridSampler(ablate.grid(image_size))`
-(the CLI looks for the `grid` attribute), so trials walk the grid without repeats, in a seeded
+`agesearch run --space ablate` uses `optuna.samplers.GridSampler(space_grid("ablate")(image_size))`
+(registered with `register_space("ablate", grid=ablate_grid)`), so trials walk the grid without repeats, in a seeded
 random order: stopping early with a smaller --n-trials still leaves a balanced random subset.
 """
 

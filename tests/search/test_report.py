@@ -291,10 +291,10 @@ def test_report_without_saved_model_still_writes_the_page(tmp_path):
 
 
 def test_ablate_grid_covers_every_combination_once():
-    from agesearch.spaces import get_space
+    from agesearch.spaces import get_space, space_grid
 
     space = get_space("ablate")
-    grid = space.grid(32)
+    grid = space_grid("ablate")(32)
     assert math.prod(len(v) for v in grid.values()) == 320
     study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
     seen = set()
@@ -310,9 +310,9 @@ def test_ablate_grid_covers_every_combination_once():
 
 @pytest.mark.parametrize(("image_size", "lists"), [(16, 4), (32, 5), (128, 5)])
 def test_ablate_grid_leaves_out_filter_lists_too_deep_for_the_image(image_size, lists):
-    from agesearch.spaces import get_space
+    from agesearch.spaces import space_grid
 
-    assert len(get_space("ablate").grid(image_size)["filters"]) == lists
+    assert len(space_grid("ablate")(image_size)["filters"]) == lists
 
 
 def test_run_ablate_uses_the_grid_sampler(tmp_path, cache_dir):
