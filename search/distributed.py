@@ -525,13 +525,20 @@ def _clock(seconds: float) -> str:
 # The agesearch entry point
 
 
-def worker_env(cache_dir: Path | None) -> dict[str, str]:
-    """The environment of the workers: GPU memory set-up, Keras backend, cache folder."""
+def worker_env(cache_dir: Path | None, gpus_per_trial: float = 1.0) -> dict[str, str]:
+    """The environment of the workers: GPU memory set-up, Keras backend, cache folder.
+
+    With a fraction of a GPU per trial, JAX's allocator is also capped at that fraction (less a
+    tenth for the CUDA context): on an H200, 8 packed JAX trials with preallocation off only
+    grew to 63-82 GB together (benchmarks/RESULTS.md), which an 80 GB card would not hold.
+    """
     import keras
 
     from agesearch.search.data import default_cache_dir
 
     env = dict(GPU_MEMORY_ENV)
+    if 0 < gpus_per_trial < 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpus_per_trial:.3f}"
     env["KERAS_BACKEND"] = keras.config.backend()
     env["AGESEARCH_CACHE_DIR"] = str(Path(cache_dir or default_cache_dir()).expanduser().resolve())
     env["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -599,5 +606,5 @@ def run_distributed(
         return drive(
             study, sample=sample, work=train_work, data=task.data, n_trials=n_trials, workers=workers,
             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_retries=max_retries, timeout=timeout,
-            env=worker_env(cache_dir), callbacks=callbacks, report_epochs=not task.multi, on_epoch=on_epoch, progress=progress,
+            env=worker_env(cache_dir, gpus_per_trial), callbacks=callbacks, report_epochs=not task.multi, on_epoch=on_epoch, progress=progress,
         )

@@ -123,3 +123,15 @@ def test_years_output_starts_at_the_mean_train_age(data):
     trivial_mean_mae = float(np.mean(np.abs(data.age_val - np.mean(data.age_train))))
     assert r.val_age_mae == pytest.approx(trivial_mean_mae, rel=0.05)
     assert set(r.val_age_mae_by_decade) <= {f"{10 * d}-{10 * d + 9}" for d in range(12)} and r.val_age_mae_by_decade
+
+
+def test_packed_ray_workers_cap_jax_memory_at_their_share(monkeypatch):
+    pytest.importorskip("ray")
+    from agesearch.search.distributed import worker_env
+
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    env = worker_env(None, 0.25)
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in worker_env(None, 1.0)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")  # the user's own setting wins
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in worker_env(None, 0.25)
