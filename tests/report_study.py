@@ -8,6 +8,8 @@ and a second caller finds the study the first one made under pytest's session te
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import io
 import math
 from dataclasses import dataclass
@@ -30,8 +32,17 @@ class StudyFiles:
 
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory, cache_dir) -> StudyFiles:
-    """The finished study, once per session (import this fixture into a test module)."""
-    return finished_study(tmp_path_factory.getbasetemp())
+    """The finished study, once per session, shared by pytest-xdist's workers too.
+
+    Under xdist each worker has its own temp folder below a common one: the study is made in
+    the common one, under a file lock, by whichever worker comes first.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    with (base / "report-study.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return finished_study(base)
 
 
 def finished_study(base: Path) -> StudyFiles:
