@@ -103,12 +103,6 @@ def _widest(old, new):
     return new
 
 
-# Import the space modules so they register themselves.
-from agesearch.spaces import arch, train, full, ablate  # noqa: E402,F401
-
-__all__ = ["SPACES", "Space", "baseline_trials", "describe_space", "get_space", "register_space", "space_grid", "space_names"]
-
-
 def baseline_trials(space_name: str, image_size: int, names: list[str] | None = None) -> list[tuple[str, dict]]:
     """(preset name, params for `study.enqueue_trial`) of the presets that are points of a space.
 
@@ -148,10 +142,10 @@ def _preset_as_point(entry: SpaceEntry, preset, image_size: int) -> tuple[str | 
     if entry.to_params is None:
         return "the space takes no presets", {}
     try:
-        model, train = preset.configs(image_size)
+        model_cfg, train_cfg = preset.configs(image_size)
     except ValueError as e:
         return str(e), {}
-    params = entry.to_params(model, train)
+    params = entry.to_params(model_cfg, train_cfg)
     study = _scratch_study()
     study.enqueue_trial(params)
     trial = study.ask()
@@ -160,8 +154,8 @@ def _preset_as_point(entry: SpaceEntry, preset, image_size: int) -> tuple[str | 
     outside = missing or [k for k, d in trial.distributions.items() if not d._contains(d.to_internal_repr(params[k]))]
     if outside:
         return f"parameters outside the space: {', '.join(outside)}", {}
-    run_level = {"epochs": train.epochs, "patience": train.patience}
-    if (got_model, dataclasses.replace(got_train, **run_level)) != (model, train):
+    run_level = {"epochs": train_cfg.epochs, "patience": train_cfg.patience}
+    if (got_model, dataclasses.replace(got_train, **run_level)) != (model_cfg, train_cfg):
         return "the space gives back other configs", {}
     return None, {k: params[k] for k in trial.distributions}
 

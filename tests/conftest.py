@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,6 +56,37 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in an empty folder, so studies/ lands there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)
+
+
+@contextlib.contextmanager
+def dashboard_server(argv: list[str], port: int):
+    """Start a dashboard process, wait until its API answers, stop it (that process only)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get_json(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if proc.poll() is not None:
+                    raise AssertionError(f"the dashboard exited with {proc.returncode}: {proc.stdout.read()}") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError("the dashboard did not answer within 60 s") from None
+                time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # The session-scoped finished study (4 searched trials, a pruned and a failed one), trained once

@@ -6,20 +6,16 @@ Each test starts one server process on a free loopback port and stops exactly th
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from conftest import dashboard_server, get_json
 from report_study import hand_made_study
 
 pytest.importorskip("optuna_dashboard")
@@ -31,35 +27,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.load(r)
-
-
-@contextlib.contextmanager
-def server(argv: list[str], port: int):
-    """Start a dashboard process, wait until its API answers, stop it (that process only)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                get_json(f"http://127.0.0.1:{port}/api/studies")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if proc.poll() is not None:
-                    raise AssertionError(f"the dashboard exited with {proc.returncode}: {proc.stdout.read()}") from None
-                if time.monotonic() > deadline:
-                    raise AssertionError("the dashboard did not answer within 60 s") from None
-                time.sleep(0.3)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -87,7 +54,7 @@ def test_optuna_dashboard_serves_an_agesearch_study(study_db):
     url, study = study_db
     port = free_port()
     exe = Path(sys.executable).with_name("optuna-dashboard")
-    with server([str(exe), url, "--host", "127.0.0.1", "--port", str(port)], port):
+    with dashboard_server([str(exe), url, "--host", "127.0.0.1", "--port", str(port)], port):
         check_api(port, study)
 
 
@@ -115,7 +82,7 @@ def test_agesearch_dashboard_listens_on_loopback_and_never_fails_a_trial(study_d
     time.sleep(2.2)
     port = free_port()
     argv = [sys.executable, "-m", "agesearch.search.cli", "dashboard", "--storage", url, "--study", "dash", "--port", str(port)]
-    with server(argv, port):
+    with dashboard_server(argv, port):
         check_api(port, optuna.load_study(study_name="dash", storage=url))
         if Path("/proc/net/tcp").exists():
             assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else

@@ -4,12 +4,9 @@ trial's model through its HTTP API when started the way `agesearch dashboard` st
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+
+from conftest import dashboard_server
 
 from agesearch.search import artifacts as art
 
@@ -162,36 +161,12 @@ def _get(url: str) -> bytes:
         return r.read()
 
 
-@contextlib.contextmanager
-def _dashboard(argv: list[str], port: int):
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(f"http://127.0.0.1:{port}/api/studies")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if proc.poll() is not None:
-                    raise AssertionError(f"the dashboard exited with {proc.returncode}: {proc.stdout.read()}") from None
-                assert time.monotonic() < deadline, "the dashboard did not answer within 60 s"
-                time.sleep(0.3)
-        yield proc
-    finally:
-        proc.terminate()  # this server only
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_agesearch_dashboard_lists_and_serves_each_trials_model(tmp_path):
     pytest.importorskip("optuna_dashboard")
     study, url, _ = _study_with_models(tmp_path, [0.5, 0.2])
     port = _free_port()
     argv = [sys.executable, "-m", "agesearch.search.cli", "dashboard", "--storage", url, "--study", study.study_name, "--port", str(port)]
-    with _dashboard(argv, port):
+    with dashboard_server(argv, port):
         sid = json.loads(_get(f"http://127.0.0.1:{port}/api/studies"))["study_summaries"][0]["study_id"]
         trials = json.loads(_get(f"http://127.0.0.1:{port}/api/studies/{sid}?after=0"))["trials"]
         for t, frozen in zip(trials, study.trials, strict=True):
