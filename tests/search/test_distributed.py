@@ -33,7 +33,9 @@ from agesearch.search.distributed import drive  # noqa: E402
 from agesearch.search.trial import SearchInterrupted, TrialOutcome  # noqa: E402
 
 AGESEARCH = [sys.executable, "-m", "agesearch.search.cli"]
-TINY = ["--space", "arch", "--epochs", "2", "--image-size", "32", "--limit", "160", "--synthetic-count", "200", "--sampler", "random"]
+# The train space: one small fixed model, so these tests pay for Ray, not for the random
+# architectures `arch` can draw (up to 512 filters per block: 4-20 s a trial here).
+TINY = ["--space", "train", "--no-baselines", "--epochs", "2", "--image-size", "32", "--limit", "160", "--synthetic-count", "200", "--sampler", "random"]
 
 
 def sleep_work(payload: dict, data, reporter) -> TrialOutcome:
@@ -65,7 +67,7 @@ def ray_local():
     ray.shutdown()
 
 
-def _study(url: str, name: str = "arch") -> optuna.Study:
+def _study(url: str, name: str = "train") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=st.open_storage(url, heartbeat=False, create_dirs=False))
 
 
@@ -100,7 +102,7 @@ def _integrity(db: Path) -> str:
 def test_run_workers_2_runs_trials_at_once(ray_local, in_tmp, capsys):
     assert main(["run", *TINY, "--n-trials", "4", "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    study = _study("sqlite:///studies/arch.db")
+    study = _study("sqlite:///studies/train.db")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert _overlap(trials)
@@ -110,14 +112,14 @@ def test_run_workers_2_runs_trials_at_once(ray_local, in_tmp, capsys):
     # every worker uploaded its model to the study's artifact store and the driver attached it
     from agesearch.search.artifacts import exists, model_artifacts, study_store
 
-    store = study_store(study, "sqlite:///studies/arch.db")
+    store = study_store(study, "sqlite:///studies/train.db")
     assert [len(model_artifacts(t)) for t in trials] == [1] * 4
     assert all(exists(store, model_artifacts(t)[0]["artifact_id"]) for t in trials)
     assert "4/4 finished: 4 complete, 0 pruned, 0 failed, 0 running" in out
 
 
 def test_run_worker_killed_mid_trial_is_failed_and_retried(ray_local, in_tmp, capsys):
-    url = "sqlite:///studies/arch.db"
+    url = "sqlite:///studies/train.db"
     killed: list[tuple[int, int]] = []
 
     def killer() -> None:
@@ -279,7 +281,7 @@ def test_drive_interrupt_fails_running_trials_and_enqueues_them_again(ray_local,
 
 
 def test_run_driver_killed_mid_search_resumes_to_the_count(tmp_path, cache_dir):
-    db = tmp_path / "studies" / "arch.db"
+    db = tmp_path / "studies" / "train.db"
     cmd = [*AGESEARCH, "run", *TINY, "--n-trials", "4", "--workers", "2"]
     env = dict(os.environ, AGESEARCH_CACHE_DIR=str(cache_dir))
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -356,7 +358,7 @@ def test_run_joins_a_ray_cluster_by_address(ray_cluster, tmp_path, cache_dir):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"ray: Ray cluster at {address} with 2 CPUs" in result.stdout
-    study = _study(f"sqlite:///{tmp_path / 'studies' / 'arch.db'}")
+    study = _study(f"sqlite:///{tmp_path / 'studies' / 'train.db'}")
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
     # The workers were the cluster's: their logs are in its temp dir.
     assert list((root / "t").glob("session_*/logs/worker-*.out"))
@@ -377,12 +379,12 @@ def test_run_ctrl_c_on_ray_is_one_line_and_the_resume_reruns_the_trials(tmp_path
     assert first.returncode == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("agesearch: interrupted; running trial(s) #"), err[-2000:]
-    study = _study(f"sqlite:///{tmp_path / 'studies' / 'arch.db'}")
+    study = _study(f"sqlite:///{tmp_path / 'studies' / 'train.db'}")
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("fail_reason") == "interrupted (Ctrl-C)"]
     assert interrupted and st.finished_count(study) == sum(t.state == TrialState.COMPLETE for t in study.get_trials())
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stderr[-2000:]
-    trials = _study(f"sqlite:///{tmp_path / 'studies' / 'arch.db'}").get_trials()
+    trials = _study(f"sqlite:///{tmp_path / 'studies' / 'train.db'}").get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     for t in interrupted:  # each ran again with its parameters
         (retry,) = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
