@@ -151,7 +151,7 @@ def _add_run(sub) -> None:
         "same command again after an interruption finishes the remaining trials.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    r.add_argument("--space", required=True, help="search space: arch, train or full (`agesearch spaces` lists them)")
+    r.add_argument("--space", required=True, help="search space: arch, train, cnn, full or ablate (`agesearch spaces` lists them; `agesearch presets` the baseline models each holds)")
     _add(r, ("--data", dict(required=False, default="synthetic")), ("--study", dict(help="study name (default: the space name)")), "--storage")
     r.add_argument("--n-trials", type=positive_int, default=20, help="total finished trials the study should hold")
     r.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
