@@ -19,21 +19,20 @@ METRIC_KEYS = {"n", "age_mae", "gender_accuracy", "per_decade_mae", "confusion"}
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, synthetic_dir):
-    """A 2-trial arch study (1 epoch, 32 px, 200 images) and its exported model."""
+def exported(tmp_path_factory, finished):
+    """The session's finished study (conftest) and its best trial exported into a folder of this module's."""
     root = tmp_path_factory.mktemp("export")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert main(["run", "--space", "arch", "--n-trials", "2", "--epochs", "1", "--image-size", "32", "--limit", "200"]) == 0
-        assert main(["export", "--study", "arch"]) == 0
-    finally:
-        os.chdir(cwd)
+    assert main(["export", "--study", finished.name, "--storage", finished.url, "--out", str(root / "model.keras")]) == 0
     return root
 
 
+@pytest.fixture
+def study_args(finished) -> list[str]:
+    return ["--study", finished.name, "--storage", finished.url]
+
+
 def test_export_writes_model_and_card_with_test_metrics(exported):
-    model, card_path = exported / "studies" / "arch" / "model.keras", exported / "studies" / "arch" / "model.json"
+    model, card_path = exported / "model.keras", exported / "model.json"
     assert model.is_file() and card_path.is_file()
     card = json.loads(card_path.read_text())
     assert CARD_KEYS <= set(card)
@@ -50,7 +49,7 @@ def test_export_model_loads_in_a_fresh_process_with_same_predictions(exported, t
 
     from agesearch.search.metrics import predict_age_gender
 
-    path = exported / "studies" / "arch" / "model.keras"
+    path = exported / "model.keras"
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
     np.save(tmp_path / "x.npy", x)
     here = predict_age_gender(keras.saving.load_model(path), x)
@@ -71,10 +70,9 @@ def test_export_model_loads_in_a_fresh_process_with_same_predictions(exported, t
     assert np.isfinite(there).all() and ((there[1] >= 0) & (there[1] <= 1)).all()
 
 
-def test_export_refit_on_train_val_and_chosen_trial(exported, capsys, monkeypatch):
-    monkeypatch.chdir(exported)
+def test_export_refit_on_train_val_and_chosen_trial(exported, study_args, capsys):
     out = exported / "refit" / "m.keras"
-    code, stdout, err = run_cli(["export", "--study", "arch", "--trial", "1", "--refit-on-train-val", "--out", str(out)], capsys)
+    code, stdout, err = run_cli(["export", *study_args, "--trial", "1", "--refit-on-train-val", "--out", str(out)], capsys)
     assert code == 0, err
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["study"]["trial"] == 1 and card["training"]["trained_on"] == "train+val"
@@ -86,19 +84,20 @@ def test_export_refit_on_train_val_and_chosen_trial(exported, capsys, monkeypatc
     "args, message",
     [
         (["--study", "nope"], r"no study database at"),
-        (["--study", "arch", "--trial", "99"], r"study 'arch' has no trial 99"),
-        (["--study", "arch", "--out", "m.h5"], r"--out must end in .keras"),
+        (["STUDY", "--trial", "99"], r"study 'rep' has no trial 99"),
+        (["STUDY", "--out", "m.h5"], r"--out must end in .keras"),
     ],
 )
-def test_export_bad_input_is_one_line_exit_2(exported, capsys, monkeypatch, args, message):
+def test_export_bad_input_is_one_line_exit_2(exported, study_args, capsys, monkeypatch, args, message):
     monkeypatch.chdir(exported)
+    args = [*study_args, *args[1:]] if args[0] == "STUDY" else args
     code, _, err = run_cli(["export", *args], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert __import__("re").search(message, err)
 
 
 def test_evaluate_json_on_synthetic_data_returns_the_fields(exported, synthetic_dir, capsys):
-    model = exported / "studies" / "arch" / "model.keras"
+    model = exported / "model.keras"
     code, out, err = run_cli(["evaluate", "--model", str(model), "--data", str(synthetic_dir), "--limit", "60", "--json"], capsys)
     assert code == 0, err
     r = json.loads(out)
@@ -114,14 +113,14 @@ def test_evaluate_resizes_any_pixel_size_and_counts_malformed_names(exported, sy
     for name in sorted(os.listdir(synthetic_dir))[:5]:
         Image.open(synthetic_dir / name).resize((77, 77)).save(tmp_path / name)
     (tmp_path / "55_0_0_20170116232725357jpg").write_bytes(b"x")
-    code, out, err = run_cli(["evaluate", "--model", str(exported / "studies" / "arch" / "model.keras"), "--data", str(tmp_path), "--json"], capsys)
+    code, out, err = run_cli(["evaluate", "--model", str(exported / "model.keras"), "--data", str(tmp_path), "--json"], capsys)
     assert code == 0, err
     r = json.loads(out)
     assert r["n"] == 5 and r["skipped"]["malformed_names"] == 1 and r["image_size"] == 32
 
 
 def test_predict_two_images_and_a_bad_file_reports_it_without_stopping(exported, synthetic_dir, tmp_path, capsys):
-    model = exported / "studies" / "arch" / "model.keras"
+    model = exported / "model.keras"
     good = [str(synthetic_dir / n) for n in sorted(os.listdir(synthetic_dir))[:2]]
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
