@@ -354,8 +354,6 @@ def _add_presets(sub) -> None:
 
 
 def cmd_presets(args) -> int:
-    from agesearch.search.frameworks import import_keras_quietly
-
     import_keras_quietly()
     from agesearch.models import build_model
     from agesearch.models.presets import PRESETS
@@ -448,8 +446,6 @@ def cmd_export(args) -> int:
     m = card["test_metrics"]
     print(format_metrics(m, f"test split of study {args.study}") if m["n"] else "no test split (its fraction is 0): no test metrics")
     print(f"model: {out}\ncard:  {out.with_suffix('.json')}  ({time.perf_counter() - start:.1f}s in all)")
-    if card["reload_check_max_abs_diff"] > 1e-3:
-        print(f"agesearch: warning: the reloaded model differs by {card['reload_check_max_abs_diff']:.3g} from the trained one", file=sys.stderr)
     return 0
 
 
@@ -468,9 +464,9 @@ def _add_evaluate(sub) -> None:
 
 def _model_file(args) -> Path:
     """--model, or the best model of --study from its artifact store (downloaded once)."""
-    if args.model is not None or args.study is None:
-        if args.model is None:
-            raise UsageError("pass --model FILE or --study NAME")
+    if (args.model is None) == (args.study is None):
+        raise UsageError("pass --model FILE or --study NAME (one of them)")
+    if args.model is not None:
         return args.model
     from agesearch.search.artifacts import study_model
 

@@ -147,20 +147,22 @@ def export_trial(
     keras.utils.set_random_seed(seed)
     result = fit(model_cfg, train_cfg, data, None, keep_model=True, early_stopping=not refit_on_train_val)
     model = inference_model(result.model, model_cfg, data.baselines.age_scale)
-    with atomic_path(out) as tmp:  # a reader never finds half a model
+    with atomic_path(out) as tmp:  # a reader never finds half a model, nor one that reloads wrong
         model.save(tmp)
-
-    test_metrics, reload_diff = _test_and_reload(model, out, ds, split)
+        test_metrics, reload_diff = _test_and_reload(model, tmp, ds, split)
+        if reload_diff > RELOAD_TOLERANCE:
+            raise UsageError(f"the saved model does not reproduce the trained one (largest difference {reload_diff:.3g}); nothing was exported")
     card = _card(study, trial, out, meta, split, model_cfg, train_cfg, data, result, refit_on_train_val, seed, test_metrics, reload_diff)
     write_json(out.with_suffix(".json"), card, indent=2, default=_json_default)
     return card
 
 
-def _test_and_reload(model, out: Path, ds, split) -> tuple[dict, float]:
-    """Test-split metrics, and the largest difference between the model and the file reloaded.
+# Largest difference (years or probability) allowed between the trained model and its file.
+RELOAD_TOLERANCE = 1e-3
 
-    A model that does not come back the same from its file is not exported.
-    """
+
+def _test_and_reload(model, out: Path, ds, split) -> tuple[dict, float]:
+    """Test-split metrics, and the largest difference between the model and the file reloaded."""
     from agesearch.models.inference import load_model
 
     test = split.test

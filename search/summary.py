@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from agesearch.search.report.tables import best_trial, best_trials, comparison_lines, decade_line, preset_comparison, top_table
-from agesearch.search.study import META_KEY
+from agesearch.search.report.tables import best_trials, comparison_lines, decade_line, preset_comparison, top_table
+from agesearch.search.study import META_KEY, best_trial
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 

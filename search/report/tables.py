@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from agesearch.search.study import META_KEY
+from agesearch.search.study import META_KEY, best_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # Scalar user attrs worth a column in the CSV and the trials table (history and configs are not
@@ -85,13 +85,6 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [study.best_trial] if not is_multi(study) else list(study.best_trials)
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The one best trial (`agesearch.search.study.best_trial`; None without a complete trial)."""
-    from agesearch.search.study import best_trial as the_best
-
-    return the_best(study)
-
-
 def knob_text(v) -> object:
     if isinstance(v, (list, tuple)):
         return "-".join(str(x) for x in v)
@@ -139,8 +132,10 @@ def top_table(study: optuna.Study, n: int = 10) -> pd.DataFrame:
     if df.empty:
         return df
     done = df[df["state"] == "COMPLETE"]
-    sort_col = "value" if "value" in done.columns else "values_0"
-    top = done.sort_values(sort_col, ascending=study.directions[0] == optuna.study.StudyDirection.MINIMIZE).head(n)
+    # A multi-objective study ranks by the combined objective (user attr), as its best trial does.
+    sort_col = "value" if "value" in done.columns else "user_attrs_objective" if "user_attrs_objective" in done.columns else "values_0"
+    ascending = sort_col != "values_0" or study.directions[0] == optuna.study.StudyDirection.MINIMIZE
+    top = done.sort_values(sort_col, ascending=ascending).head(n)
     cols = ["number", sort_col, *[c for c in TOP_COLUMNS if c in top.columns]]
     return top[cols].rename(columns=TOP_COLUMNS)
 

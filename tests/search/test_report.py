@@ -135,10 +135,12 @@ def test_report_terminal_tables_match_the_study(report):
     assert f"#{study.best_trial.number} value {study.best_value:.4f}" in out
     # every ablation row printed is the study's own count of finished trials with that value
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    checked = 0
     for knob in ("pooling", "head", "block_order", "kernel_size"):
         values = {t.params[knob] for t in finished}
         if len(values) < 2:
             continue
+        checked += 1
         block = out.split("\n" + knob + " ", 1)[1].split("\n\n", 1)[0]
         for value in values:
             with_value = [t for t in finished if t.params[knob] == value]
@@ -150,6 +152,7 @@ def test_report_terminal_tables_match_the_study(report):
                 sum(t.state == TrialState.PRUNED for t in with_value),
                 sum(t.state == TrialState.FAIL for t in with_value),
             ]
+    assert checked, "the finished study varies none of the knobs: the ablation rows went unchecked"
     assert "report: " in out and "csv: 6 trials" in out
 
 
