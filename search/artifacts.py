@@ -209,16 +209,6 @@ def save_model(model, *, path: str | Path | None = None, artifacts: str | None =
         return upload_model(store_for(artifacts), file)
 
 
-def upload_trial_model(study: optuna.Study, trial_number: int, store, file_path: str | Path) -> str:
-    """Upload and attach in one step, where the worker and the study are one process."""
-    artifact_id = upload_model(store, file_path)
-    attach(study, trial_number, artifact_id, model_filename(trial_number))
-    return artifact_id
-
-
-# ------------------------------------------------------------------------------ find
-
-
 def model_artifacts(trial: FrozenTrial) -> list[dict]:
     """The trial's attached `.keras` artifacts (ArtifactMeta fields), in attach order."""
     metas = [json.loads(v) for k, v in trial.system_attrs.items() if k.startswith(ARTIFACTS_ATTR_PREFIX)]

@@ -364,8 +364,7 @@ class Driver:
             payload = self.sample(trial)
         except Exception as e:  # a space that cannot sample: the trial fails, the search goes on
             outcome = TrialOutcome(TrialState.FAIL, None, {"fail_reason": f"sampling failed: {type(e).__name__}: {e}"[:500]})
-            self._told(tell_outcome(self.study, trial, outcome), retried=False)
-            self.progress(f"trial {trial.number:>4} FAIL     sampling failed: {type(e).__name__}: {e}")
+            self._told(tell_outcome(self.study, trial, outcome), retried=False)  # its FAIL line comes from the callbacks
             return
         ref = self.remote.remote(self.work, trial.number, payload, self.data_ref, self.mailbox, self.report)
         r = _Running(trial, time.monotonic())
@@ -420,21 +419,22 @@ class Driver:
         frozen, retried = fail_trial(self.study, r.trial, reason, max_retries=self.options.max_retries)
         self.stats.failed += 1
         self.stats.retried += retried
-        self._told(frozen, retried=retried)
-        self.progress(f"trial {r.trial.number:>4} FAIL     {reason}{'; its parameters are enqueued again' if retried else ''}")
+        self._told(frozen, retried=retried)  # the callbacks print its FAIL line with the reason
+        if retried:
+            self.progress(f"trial {r.trial.number:>4}: its parameters are enqueued again")
 
     def on_interrupt(self) -> None:
         """Ctrl-C: stop the workers, fail their trials and enqueue them again; one line up."""
-        exit_on_second_interrupt()
         self.stats.interrupted = True
         numbers = []
-        for ref, r in list(self.running.items()):
-            self.ray.cancel(ref, force=True)
-            frozen, retried = fail_trial(self.study, r.trial, "interrupted (Ctrl-C)", max_retries=None)
-            self.stats.failed += 1
-            self.stats.retried += retried
-            self._told(frozen, retried=retried)
-            numbers.append(r.trial.number)
+        with exit_on_second_interrupt():
+            for ref, r in list(self.running.items()):
+                self.ray.cancel(ref, force=True)
+                frozen, retried = fail_trial(self.study, r.trial, "interrupted (Ctrl-C)", max_retries=None)
+                self.stats.failed += 1
+                self.stats.retried += retried
+                self._told(frozen, retried=retried)
+                numbers.append(r.trial.number)
         self.running.clear()
         raise SearchInterrupted(interrupted_line(numbers))
 

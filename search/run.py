@@ -393,8 +393,8 @@ def run_in_process(study: optuna.Study, task: SearchTask, storage, *, n_trials: 
                 frozen = run_trial(study, trial, task.space, task.data, image_size=task.image_size, epochs=task.epochs,
                                    multi=task.multi, models_dir=task.models_dir, artifacts=task.artifacts, on_epoch=progress.epoch if progress else None)
         except KeyboardInterrupt:
-            exit_on_second_interrupt()
-            fail_trial(study, trial, "interrupted (Ctrl-C)", max_retries=None)
+            with exit_on_second_interrupt():
+                fail_trial(study, trial, "interrupted (Ctrl-C)", max_retries=None)
             raise SearchInterrupted(interrupted_line([trial.number])) from None
         if progress is not None:
             progress.done(trial.number)

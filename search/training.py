@@ -176,7 +176,7 @@ def compile_model(
     if model_cfg.age_head == "coral":
         age_loss, age_metric = coral_loss, CoralMAE(scale=age_scale, name="mae")
     else:
-        age_loss = {"mse": keras.losses.MeanSquaredError(), "mae": keras.losses.MeanAbsoluteError(), "huber": keras.losses.Huber()}[train_cfg.age_loss]
+        age_loss = AGE_LOSS_FUNCTIONS[train_cfg.age_loss]
         if age_weights is not None:
             age_loss = DecadeWeightedLoss(age_loss, age_weights, age_scale)
         age_metric = "mae"
@@ -194,6 +194,10 @@ def compile_model(
     )
 
 
+# The age losses as per-image functions (Keras reduces them over the batch itself).
+AGE_LOSS_FUNCTIONS = {"mse": keras.losses.mean_squared_error, "mae": keras.losses.mean_absolute_error, "huber": keras.losses.huber}
+
+
 class DecadeWeightedLoss(keras.losses.Loss):
     """A regression age loss with each image weighted by its true age decade.
 
@@ -201,8 +205,8 @@ class DecadeWeightedLoss(keras.losses.Loss):
     rare old faces pull on the age head without changing the gender head's balance.
     """
 
-    def __init__(self, base: keras.losses.Loss, decade_weights: np.ndarray, age_scale: float, **kwargs):
-        super().__init__(name=f"decade_weighted_{base.name}", **kwargs)
+    def __init__(self, base: Callable, decade_weights: np.ndarray, age_scale: float, **kwargs):
+        super().__init__(name=f"decade_weighted_{base.__name__}", **kwargs)
         self.base = base
         self.decade_weights = np.asarray(decade_weights, np.float32)
         self.age_scale = float(age_scale)
@@ -213,8 +217,7 @@ class DecadeWeightedLoss(keras.losses.Loss):
         y_pred = ops.reshape(y_pred, (-1, 1))
         decade = ops.clip(ops.cast(ops.floor(y_true[:, 0] * self.age_scale / 10.0), "int32"), 0, len(self.decade_weights) - 1)
         weight = ops.take(ops.convert_to_tensor(self.decade_weights), decade)
-        # The base loss per image (its reduction is undone by calling its function directly).
-        per_image = self.base.fn(y_true, y_pred, **self.base._fn_kwargs)
+        per_image = self.base(y_true, y_pred)  # the per-image loss function, before any reduction
         return per_image * ops.cast(weight, per_image.dtype)
 
 
@@ -299,7 +302,8 @@ def _callbacks(train_cfg: TrainConfig, report: EpochReport, early_stopping: bool
 def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_stopping) -> FitResult:
     start = time.perf_counter()
     scale = model_cfg.age_target_scale(data.baselines.age_scale)
-    steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
+    steps_per_epoch = math.ceil(len(data.x_train) / train_cfg.batch_size)
+    steps = steps_per_epoch * train_cfg.epochs
     weights = decade_weights(data.age_train, train_cfg.age_weighting)
     model = build_trainable(model_cfg, train_cfg, age_scale=scale, age_weights=weights, decay_steps=steps)
     if model_cfg.age_head == "regression":
@@ -328,7 +332,9 @@ def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_
             if frozen < train_cfg.epochs and not model.stop_training:
                 backbone.trainable = True
                 lr = train_cfg.learning_rate * train_cfg.finetune_lr_factor
-                compile_model(model, model_cfg, train_cfg, age_scale=scale, learning_rate=lr, age_weights=weights, decay_steps=steps)
+                # A new optimizer starts counting at 0: its cosine decays over the epochs left.
+                rest = steps_per_epoch * (train_cfg.epochs - frozen)
+                compile_model(model, model_cfg, train_cfg, age_scale=scale, learning_rate=lr, age_weights=weights, decay_steps=rest)
                 model.fit(epochs=train_cfg.epochs, initial_epoch=frozen, **fit_kwargs)
     finally:
         if on_history is not None:

@@ -15,11 +15,12 @@ again.
 from __future__ import annotations
 
 import copy
+import contextlib
 import dataclasses
 import os
 import signal
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,18 +60,27 @@ def interrupted_line(numbers: Sequence[int]) -> str:
             "and do not count toward --n-trials, when you run the same command to resume.")
 
 
-def exit_on_second_interrupt() -> None:
-    """From now on a Ctrl-C ends the process at once (the first one is being cleaned up)."""
+@contextlib.contextmanager
+def exit_on_second_interrupt() -> Iterator[None]:
+    """While the block runs (the cleanup after a first Ctrl-C), a Ctrl-C ends the process at once.
+
+    The previous SIGINT handler comes back afterwards, so a program that catches
+    SearchInterrupted (a notebook) keeps its normal Ctrl-C.
+    """
 
     def now(signum, frame) -> None:
         os.write(2, b"agesearch: interrupted again; stopped at once.\n")
         os._exit(INTERRUPTED_EXIT)
 
     try:
-        signal.signal(signal.SIGINT, now)
+        previous = signal.signal(signal.SIGINT, now)
     except ValueError:  # not the main thread (a notebook's worker thread): nothing to guard
-        pass
-
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def model_path(models_dir: Path | str, number: int) -> Path:

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 import agesearch.spaces
 from agesearch.search import study as st
 from agesearch.search.run import DataSpec, make_sampler, run_search, trial_seed
+from agesearch.search.trial import exit_on_second_interrupt
 
 AGESEARCH = [str(Path(sys.executable).parent / "agesearch")]
 TINY = ["--space", "arch", "--epochs", "1", "--image-size", "16", "--limit", "120", "--synthetic-count", "200", "--sampler", "random"]
@@ -179,13 +180,20 @@ def test_in_process_loop_fails_and_retries_a_dead_process_trial(tmp_path, synthe
     assert trials[1].params == trials[0].params and st.finished_count(study) == 1
 
 
+def test_ctrl_c_handler_comes_back_after_the_cleanup():
+    before = signal.getsignal(signal.SIGINT)
+    with exit_on_second_interrupt():
+        assert signal.getsignal(signal.SIGINT) is not before
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_second_ctrl_c_exits_at_once():
     code = ("import os, signal, time\n"
-            "from agesearch.search.trial import exit_on_second_interrupt\n"
-            "exit_on_second_interrupt()\n"
-            "os.kill(os.getpid(), signal.SIGINT)\n"
-            "time.sleep(30)\n"
-            "print('not reached')\n")
+            "from agesearch.search.trial import exit_on_second_interrupt, exit_on_second_interrupt\n"
+            "with exit_on_second_interrupt():\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(30)\n"
+            "    print('not reached')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130 and done.stdout == ""
     assert done.stderr == "agesearch: interrupted again; stopped at once.\n"

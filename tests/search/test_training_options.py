@@ -83,7 +83,7 @@ def test_decade_weights_inverse_frequency_mean_one():
 def test_decade_weighted_loss_weighs_each_image_by_its_decade():
     weights = np.zeros(12, np.float32)
     weights[2], weights[6] = 1.0, 3.0
-    loss = DecadeWeightedLoss(keras.losses.MeanAbsoluteError(), weights, age_scale=10.0)
+    loss = DecadeWeightedLoss(keras.losses.mean_absolute_error, weights, age_scale=10.0)
     y_true = np.array([2.5, 6.5], np.float32)  # 25 and 65 years at scale 10
     y_pred = np.array([[3.5], [4.5]], np.float32)  # errors 1 and 2
     assert float(keras.ops.convert_to_numpy(loss(y_true, y_pred))) == pytest.approx((1 * 1 + 3 * 2) / 2)
