@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _record import record  # noqa: E402
 
-from agesearch.search.data import load_faces  # noqa: E402
+from agesearch.search.data.images import load_faces  # noqa: E402
 
 
 def main() -> None:

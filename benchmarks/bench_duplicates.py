@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import record  # noqa: E402
 
-from agesearch.search.data import load_faces, split_indices  # noqa: E402
-from agesearch.search.duplicates import (  # noqa: E402
+from agesearch.search.data.images import load_faces, split_indices  # noqa: E402
+from agesearch.search.data.duplicates import (  # noqa: E402
     colour_difference,
     dataset_thumbnails,
     find_duplicates,

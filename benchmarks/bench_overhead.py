@@ -38,10 +38,10 @@ def main() -> None:
     import optuna
 
     from agesearch.search.cli import main as cli_main
-    from agesearch.search.study_data import data_folder
-    from agesearch.search.data import load_faces, split_indices
+    from agesearch.search.data.study_data import data_folder
+    from agesearch.search.data.images import load_faces, split_indices
     from agesearch.models.config import TrainConfig
-    from agesearch.search.training import TrainingData, build_trainable
+    from agesearch.search.training.fit import TrainingData, build_trainable
     from agesearch.spaces import SPACES
     from agesearch.spaces.train import seed_model
 

@@ -16,7 +16,7 @@ Phases (GPU issue, part 2: "then cut the largest of these"):
   CLI start         `agesearch run` on a fresh study up to the line it prints before its first
                     trial: process start, imports, data load, grouped split, study creation
 
-The trial side is `agesearch.search.training.fit` (what `agesearch run` calls per trial) with a
+The trial side is `agesearch.search.training.fit.fit` (what `agesearch run` calls per trial) with a
 reporter that timestamps each epoch's end; the bare side is `model.fit` of the same compiled
 model on the same arrays, batch size and validation data, with a callback timing each epoch.
 Target (GPU issue): a trial's steady-state epoch within 1.5x of the bare one.
@@ -51,7 +51,7 @@ CHILD = """
 import json, time
 t_begin = time.time()
 import keras
-import agesearch.search.training
+import agesearch.search.training.fit
 t_imports = time.time()
 import numpy as np
 np.asarray(keras.ops.convert_to_numpy(keras.ops.ones((8, 8)) @ keras.ops.ones((8, 8))))
@@ -121,9 +121,9 @@ def cli_start(args, env: dict) -> float:
 
 def load_arrays(args):
     """Data as a trial gets it: decoded (cache), split, TrainingData. Returns (data, cold s, warm s)."""
-    from agesearch.search.data import load_faces, split_indices
-    from agesearch.search.study_data import data_folder
-    from agesearch.search.training import TrainingData
+    from agesearch.search.data.images import load_faces, split_indices
+    from agesearch.search.data.study_data import data_folder
+    from agesearch.search.training.fit import TrainingData
 
     folder = data_folder(args.data, synthetic_count=args.synthetic_count)
     t = time.perf_counter()
@@ -183,7 +183,7 @@ def configs(args):
 
 def trial_fit(model_cfg, train_cfg, data, save_dir: Path) -> dict:
     """One trial's training as `agesearch run` does it, with epoch-end stamps, then the save."""
-    from agesearch.search.training import fit
+    from agesearch.search.training.fit import fit
 
     ends: list[float] = []
 
@@ -231,7 +231,7 @@ def bare_model(model_cfg, train_cfg, data):
 
     import keras
 
-    from agesearch.search import training
+    from agesearch.search.training import fit
 
     scale = data.baselines.age_scale
     if hasattr(model_cfg, "age_target_scale"):  # 1 for an age output in years
@@ -255,7 +255,7 @@ def bare_fit(model_cfg, train_cfg, data):
     """`model.fit` of the same compiled model on the same arrays, no agesearch callbacks."""
     import keras
 
-    from agesearch.search import training
+    from agesearch.search.training import fit
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(getattr(train_cfg, "precision", "float32"))

@@ -44,7 +44,7 @@ setup() {
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   nvidia-smi -L | tee "$OUT/device.txt"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/device.txt" 2>&1
-  timeout 60 "$PY" -c "import jax, keras, optuna, agesearch.search.cli, agesearch.search.run; print('jax', jax.__version__, jax.devices(), '| keras', keras.__version__, keras.backend.backend(), '| optuna', optuna.__version__)" 2>&1 | tee -a "$OUT/device.txt"
+  timeout 60 "$PY" -c "import jax, keras, optuna, agesearch.search.cli, agesearch.search.loop.run; print('jax', jax.__version__, jax.devices(), '| keras', keras.__version__, keras.backend.backend(), '| optuna', optuna.__version__)" 2>&1 | tee -a "$OUT/device.txt"
   timeout 20 "$PY" -c "import pynvml as n; n.nvmlInit(); h = n.nvmlDeviceGetHandleByIndex(0); print('NVML', n.nvmlDeviceGetName(h), n.nvmlDeviceGetMemoryInfo(h).total // 2**20, 'MiB')" 2>&1 | tee -a "$OUT/device.txt"
   DATA=.gpudata/utkface-5k; PX=64; PX_BIG=128; EPOCHS=5; PACK="${PACK_N:-1 2 4 8}"; PACK_BIG="${PACK_BIG_N:-1 4}"; SECONDS_PER_N=${WINDOW_S:-18}
   EXTRA=()

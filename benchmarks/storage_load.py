@@ -24,7 +24,7 @@ from bench_parallel import append_results  # noqa: E402
 
 READER = """
 import sys, time, pathlib, optuna
-from agesearch.search.study import open_storage
+from agesearch.search.store.study import open_storage
 s = optuna.load_study(study_name="load", storage=open_storage(sys.argv[1], heartbeat=False))
 reads = errors = 0
 while not pathlib.Path(sys.argv[2]).exists():
@@ -44,7 +44,7 @@ def sleep_work(payload: dict, data, reporter):
     """
     from optuna.trial import TrialState
 
-    from agesearch.search.trial import TrialOutcome
+    from agesearch.search.loop.trial import TrialOutcome
 
     value = 0.0
     for step in range(payload["steps"]):
@@ -60,8 +60,8 @@ def main() -> None:
     import ray
     from optuna.trial import TrialState
 
-    from agesearch.search.distributed import drive
-    from agesearch.search.study import open_storage
+    from agesearch.search.loop.ray_executor import drive
+    from agesearch.search.store.study import open_storage
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=16)

@@ -74,7 +74,8 @@ def build_model(cfg: ModelConfig) -> keras.Model:
 
     The input is a uint8-range RGB image (0..255, any dtype); the model rescales it.
     Outputs: `age` (regression: 1 unit, normalised age or years, linear or ReLU; CORAL: one logit per
-    rank threshold) and `gender` (1 unit, sigmoid, probability of label 1 = female).
+    rank threshold; DLDL: one logit per age dldl_min_age..dldl_max_age) and `gender` (1 unit,
+    sigmoid, probability of label 1 = female).
     """
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     if cfg.backbone != "none":
@@ -101,7 +102,11 @@ def build_model(cfg: ModelConfig) -> keras.Model:
         if branch == "gender":
             outputs[branch] = layers.Dense(1, activation="sigmoid", dtype="float32", name=branch)(y)
         elif cfg.age_head == "coral":
-            outputs[branch] = CoralLogits(cfg.coral_max_age - cfg.coral_min_age, dtype="float32", name=branch)(y)
+            outputs[branch] = CoralLogits(cfg.age_units, dtype="float32", name=branch)(y)
+        elif cfg.age_head == "dldl":
+            # Logits, not probabilities: the loss takes their log-softmax (stable), and the
+            # inference model their softmax's expectation (models/label_distribution.py).
+            outputs[branch] = layers.Dense(cfg.age_units, dtype="float32", name=branch)(y)
         else:
             outputs[branch] = layers.Dense(1, activation=cfg.age_activation, dtype="float32", name=branch)(y)
     return keras.Model(inputs, outputs, name="agesearch_cnn")

@@ -12,7 +12,7 @@ HEADS = ("flatten", "gap")
 AGE_ACTIVATIONS = ("linear", "relu")
 FILTER_ORDERS = ("increasing", "decreasing", "constant")
 KERNEL_SIZES = (3, 5, 7)
-AGE_HEADS = ("regression", "coral")
+AGE_HEADS = ("regression", "coral", "dldl")
 AGE_OUTPUTS = ("normalised", "years")
 # Keras applications usable as the shared trunk, with the smallest input side each accepts.
 BACKBONE_MIN_SIZE = {"resnet50": 32, "mobilenetv3small": 32, "efficientnetb0": 32, "inceptionv3": 75}
@@ -72,10 +72,13 @@ class ModelConfig:
     l2: float = 0.0  # L2 weight decay on the conv and dense kernels of the shared part and the age branch
     gender_l2: float | None = None  # L2 of the gender branch's kernels; None = `l2` (filled in)
     age_activation: str = "linear"  # activation of the regression age output: linear | relu
-    age_head: str = "regression"  # regression (one unit) | coral (ordinal ranks, Cao et al. 2019)
+    age_head: str = "regression"  # regression (one unit) | coral (ordinal ranks, Cao et al. 2019) | dldl (softmax over ages, Gao et al. 2018)
     age_output: str = "normalised"  # regression target: normalised (age / train mean age) | years
     coral_min_age: int = 0  # CORAL: the lowest rank (age) ...
     coral_max_age: int = 116  # ... and the highest; max - min binary rank tasks
+    dldl_min_age: int = 0  # DLDL: the lowest age of the softmax ...
+    dldl_max_age: int = 116  # ... and the highest; max - min + 1 classes
+    dldl_sigma: float = 2.0  # DLDL: width (standard deviation, years) of the Gaussian label distribution
     backbone: str = "none"  # none (the conv blocks above) | a Keras application as the shared trunk
     backbone_weights: str = "none"  # imagenet | none | path to a weights file of that backbone
 
@@ -88,6 +91,14 @@ class ModelConfig:
             raise _invalid("age_head", f"must be one of {AGE_HEADS}", self.age_head)
         if not 0 <= self.coral_min_age < self.coral_max_age <= 116:
             raise _invalid("coral_max_age", f"must satisfy 0 <= coral_min_age ({self.coral_min_age}) < coral_max_age <= 116", self.coral_max_age)
+        if not 0 <= self.dldl_min_age < self.dldl_max_age <= 116:
+            raise _invalid("dldl_max_age", f"must satisfy 0 <= dldl_min_age ({self.dldl_min_age}) < dldl_max_age <= 116", self.dldl_max_age)
+        # Ages are whole years: below 0.1 the label is one-hot already, and near 0 the KL's
+        # log-space label distribution overflows to -inf (0 * inf = NaN); above 30 it is close
+        # to flat over 0..116 and teaches nothing.
+        if isinstance(self.dldl_sigma, bool) or not isinstance(self.dldl_sigma, (int, float)) or not 0.1 <= self.dldl_sigma <= 30:
+            raise _invalid("dldl_sigma", "must be a number of years in [0.1, 30]", self.dldl_sigma)
+        object.__setattr__(self, "dldl_sigma", float(self.dldl_sigma))
         if self.backbone not in BACKBONES:
             raise _invalid("backbone", f"must be one of {BACKBONES}", self.backbone)
         if self.backbone != "none":
@@ -158,6 +169,15 @@ class ModelConfig:
             raise _invalid("shared_convs", "must be 1 or 2", self.shared_convs)
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise _invalid("kernel_size", "must be an odd integer >= 1", self.kernel_size)
+
+    @property
+    def age_units(self) -> int:
+        """Width of the age output: 1 (regression), rank thresholds (CORAL) or ages (DLDL)."""
+        if self.age_head == "coral":
+            return self.coral_max_age - self.coral_min_age
+        if self.age_head == "dldl":
+            return self.dldl_max_age - self.dldl_min_age + 1
+        return 1
 
     @property
     def depth(self) -> int:

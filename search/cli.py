@@ -90,7 +90,7 @@ def image_size(text: str) -> int:
 
 
 def split_fractions(text: str) -> tuple[float, float, float]:
-    from agesearch.search.data import check_split  # the one rule of a split
+    from agesearch.search.data.images import check_split  # the one rule of a split
 
     try:
         return check_split(text.split(","))
@@ -110,7 +110,7 @@ OPTIONS: dict[str, dict] = {
     "--data": dict(required=True, help=DATA_HELP),
     "--image-size": dict(type=image_size, default=128, help="images are resized to this many pixels square"),
     "--limit": dict(type=positive_int, help="use only this many images (a seeded random subset)"),
-    "--seed": dict(type=int, default=0, help="seed of the split, the data subset and the sampler"),
+    "--seed": dict(type=int, default=0, help="data seed: the split and the --limit subset (the sampler seeds derive from it unless --sampler-seed)"),
     "--epochs": dict(type=positive_int, default=30, help="most epochs per trial (early stopping may end sooner; pruning starts after a third)"),
     "--model": dict(type=Path, required=True, help=".keras model file (from `agesearch export`)"),
     "--json": dict(action="store_true", help="print JSON instead of text"),
@@ -156,8 +156,12 @@ def _add_run(sub) -> None:
     r.add_argument("--n-trials", type=positive_int, default=20, help="total finished trials the study should hold")
     r.add_argument("--timeout", type=positive_float, help="stop starting new trials after this many seconds")
     _add(r, "--epochs", "--image-size")
-    r.add_argument("--sampler", choices=["tpe", "random", "cmaes", "nsga2"], help="Optuna sampler (default: tpe; nsga2 for --objective multi)")
-    r.add_argument("--pruner", choices=["median", "hyperband", "none"], help="Optuna pruner (default: median; none for --objective multi)")
+    from agesearch.search.loop.options import PRUNERS, SAMPLERS  # light: no framework
+
+    r.add_argument("--sampler", choices=list(SAMPLERS), help="Optuna sampler (default: tpe; nsga2 for --objective multi): "
+                   + "; ".join(f"{k}: {v.help}" for k, v in SAMPLERS.items()))
+    r.add_argument("--pruner", choices=list(PRUNERS), help="Optuna pruner (default: median; none for --objective multi): "
+                   + "; ".join(f"{k}: {v.help}" for k, v in PRUNERS.items()))
     r.add_argument("--objective", choices=["combined", "multi"], default="combined", help="combined: minimise val_age_mae/mae_trivial + val_gender_error/error_trivial; multi: age MAE down and gender accuracy up, a Pareto front")
     _add(r, ("--seed", dict(help="data seed: the split and the --limit subset (must match when a study is resumed)")))
     r.add_argument("--sampler-seed", type=int, help="base of the sampler's seeds, one per trial number (default: --seed); may differ between runs and processes of one study")
@@ -171,12 +175,14 @@ def _add_run(sub) -> None:
     base.add_argument("--no-baselines", action="store_true", help="enqueue no presets")
     _add(r, "--artifacts")
     r.add_argument("--keep-models", type=positive_int, metavar="K", help="keep only the best K trials' models in the artifact store (default: every complete trial's)")
+    r.add_argument("--max-flops", type=positive_float, metavar="F", help="refuse (PRUNED, never trained) a draw whose model needs more than F FLOPs per image, e.g. 2e8")
+    r.add_argument("--max-flops-ratio", type=non_negative(float), default=4.0, metavar="R", help="refuse a draw over R times the FLOPs of the best trial so far (presets and retries are never refused; 0: off)")
     _add_run_ray(r)
     r.set_defaults(handler=cmd_run, optuna=True)
 
 
 def _add_run_ray(r: argparse.ArgumentParser) -> None:
-    """Distributed search with Ray (search/distributed.py): used when --workers > 1 or --address."""
+    """Distributed search with Ray (search/loop/ray_executor.py): used when --workers > 1 or --address."""
     r.add_argument("--workers", type=positive_int, default=1, help="trials running at once, each in a fresh Ray worker process (> 1 starts a local Ray runtime)")
     r.add_argument("--gpus-per-trial", type=non_negative(float), help="GPUs per trial, fractions pack trials on a GPU (default: 1 if Ray sees GPUs, else 0)")
     r.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="CPUs per trial (Ray resources)")
@@ -191,58 +197,35 @@ def check_data_folder(data: str, *, limit: int | None = None, seed: int = 0) -> 
         DataError: a missing folder or one without a UTKFace-named file.
     """
     if data != "synthetic":
-        from agesearch.search.data import list_faces
+        from agesearch.search.data.images import list_faces
 
         list_faces(Path(data).expanduser(), limit=limit, seed=seed)
 
 
-def check_run(args) -> None:
-    """Everything about `run`'s input that can be checked without Keras: the space, the weights
-    file, the storage URL, the option combinations, the data folder."""
-    from agesearch.search import study as st
-    from agesearch.spaces import get_space
+def run_options(args):
+    """The RunOptions of `agesearch run`'s arguments, checked (no framework loads)."""
+    from agesearch.search.loop.options import RunOptions
 
-    try:
-        get_space(args.space)
-    except KeyError as e:
-        raise UsageError(e.args[0]) from None
-    if args.backbone_weights not in ("imagenet", "none") and not Path(args.backbone_weights).is_file():
-        raise UsageError(f"--backbone-weights: no such weights file {args.backbone_weights!r} (or use imagenet or none)")
-    if args.objective == "multi" and args.pruner not in (None, "none"):
-        raise UsageError(f"--pruner {args.pruner} cannot be used with --objective multi: Optuna's pruners are single-objective only")
-    if args.objective == "multi" and args.sampler == "cmaes":
-        raise UsageError("--sampler cmaes is single-objective; use nsga2, tpe or random with --objective multi")
-    st.check_storage_url(args.storage or st.default_storage(args.study or args.space))
-    if args.artifacts is not None:
-        from agesearch.search.artifacts import check_spec
-
-        check_spec(args.artifacts)
-    if args.baselines:
-        from agesearch.spaces import baseline_trials
-
-        try:
-            baseline_trials(args.space, args.image_size, args.baselines)
-        except (KeyError, ValueError) as e:
-            raise UsageError(f"--baselines: {e.args[0]}") from None
-    check_data_folder(args.data, limit=args.limit, seed=args.seed)
+    return RunOptions(
+        space=args.space, study_name=args.study, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout, epochs=args.epochs,
+        sampler=args.sampler, pruner=args.pruner, objective=args.objective, sampler_seed=args.sampler_seed,
+        backbone_weights=args.backbone_weights, baselines=False if args.no_baselines else args.baselines,
+        max_flops=args.max_flops, max_flops_ratio=args.max_flops_ratio or None, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial, address=args.address, max_retries=args.max_retries, artifacts=args.artifacts,
+        keep_models=args.keep_models,
+    ).check(args.image_size)
 
 
 def cmd_run(args) -> int:
-    """`agesearch run`: check the input, then `run.run_search` (search/run.py)."""
-    check_run(args)
+    """`agesearch run`: check the input, then `run_search` (search/loop/run.py)."""
+    options = run_options(args)
+    check_data_folder(args.data, limit=args.limit, seed=args.seed)
     import_keras_quietly()
-    from agesearch.search.run import DataSpec, run_search
+    from agesearch.search.loop.run import DataSpec, run_search
 
     data = DataSpec(data=args.data, image_size=args.image_size, split=args.split, seed=args.seed, limit=args.limit,
                     synthetic_count=args.synthetic_count, cache_dir=args.cache_dir)
-    run_search(
-        args.space, data=data, study_name=args.study, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout,
-        epochs=args.epochs, sampler=args.sampler, pruner=args.pruner, objective=args.objective,
-        backbone_weights=args.backbone_weights, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial, address=args.address, max_retries=args.max_retries,
-        artifacts=args.artifacts, keep_models=args.keep_models, baselines=False if args.no_baselines else args.baselines,
-        sampler_seed=args.sampler_seed,
-    )
+    run_search(options, data=data)
     return 0
 
 
@@ -265,8 +248,8 @@ def _add_report(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from agesearch.search import study as st
-    from agesearch.search.artifacts import models_dir
+    from agesearch.search.store import study as st
+    from agesearch.search.store.artifacts import models_dir
 
     url = args.storage or st.default_storage(args.study)
     study = st.load_existing(args.study, url)
@@ -304,7 +287,7 @@ def _add_dashboard(sub) -> None:
 
 def cmd_dashboard(args) -> int:
     """Serve optuna-dashboard until interrupted."""
-    from agesearch.search import dashboard
+    from agesearch.search.report import dashboard
 
     try:
         import optuna_dashboard
@@ -312,7 +295,7 @@ def cmd_dashboard(args) -> int:
         raise UsageError(dashboard.INSTALL_HINT) from None
     url, storage = dashboard.open_dashboard_storage(args.study, args.storage)
     study_id = storage.get_study_id_from_name(args.study) if args.study else None
-    from agesearch.search.artifacts import serving_store
+    from agesearch.search.store.artifacts import serving_store
 
     store = serving_store(storage, url, args.study, args.artifacts)  # lists and serves the trials' models
     if not dashboard.is_loopback(args.host):
@@ -402,8 +385,8 @@ def _add_data(sub) -> None:
 
 def cmd_data_check(args) -> int:
     """`agesearch data check`: print the report (or one JSON object); 0 unless the input is bad."""
-    from agesearch.search.datacheck import check_folder, format_check
-    from agesearch.search.study_data import data_folder
+    from agesearch.search.data.check import check_folder, format_check
+    from agesearch.search.data.study_data import data_folder
 
     folder = data_folder(args.data, cache_dir=args.cache_dir)
     result = check_folder(folder, args.image_size, limit=args.limit, cache_dir=args.cache_dir)
@@ -430,9 +413,9 @@ def _add_export(sub) -> None:
 
 def cmd_export(args) -> int:
     """`agesearch export`: retrain, save model + card, print the test-split metrics."""
-    from agesearch.search.artifacts import models_dir
-    from agesearch.search.export import MODEL_FILE, check_out_path, export_trial, open_study, pick_trial
-    from agesearch.search.metrics import format_metrics
+    from agesearch.search.store.artifacts import models_dir
+    from agesearch.search.report.export import MODEL_FILE, check_out_path, export_trial, open_study, pick_trial
+    from agesearch.search.training.metrics import format_metrics
 
     study, url = open_study(args.study, args.storage)
     trial = pick_trial(study, args.trial)
@@ -468,16 +451,16 @@ def _model_file(args) -> Path:
         raise UsageError("pass --model FILE or --study NAME (one of them)")
     if args.model is not None:
         return args.model
-    from agesearch.search.artifacts import study_model
+    from agesearch.search.store.artifacts import study_model
 
     return study_model(args.study, args.storage, args.artifacts)
 
 
 def cmd_evaluate(args) -> int:
     """`agesearch evaluate`: metrics of a model on a folder of UTKFace-named images."""
-    from agesearch.search.evaluate import check_model_path, evaluate_folder, load_inference_model
-    from agesearch.search.metrics import format_metrics
-    from agesearch.search.study_data import data_folder
+    from agesearch.search.report.evaluate import check_model_path, evaluate_folder, load_inference_model
+    from agesearch.search.training.metrics import format_metrics
+    from agesearch.search.data.study_data import data_folder
 
     args.model = _model_file(args)
     check_model_path(args.model)
@@ -509,7 +492,7 @@ def _add_predict(sub) -> None:
 
 def cmd_predict(args) -> int:
     """`agesearch predict`: age and gender per image; exit 1 if any image could not be read."""
-    from agesearch.search.evaluate import check_model_path, load_inference_model, predict_files
+    from agesearch.search.report.evaluate import check_model_path, load_inference_model, predict_files
 
     check_model_path(args.model)
     import_keras_quietly()

@@ -58,10 +58,12 @@ def sample_model(trial: optuna.Trial, image_size: int) -> ModelConfig:
 
 
 def sample_age_head(trial: optuna.Trial) -> dict:
-    """The age head: regression (linear or ReLU output, on years or normalised) or CORAL ranks."""
-    head = trial.suggest_categorical("age/head", ["regression", "coral"])
+    """The age head: regression (linear or ReLU output, on years or normalised), CORAL ranks or DLDL."""
+    head = trial.suggest_categorical("age/head", ["regression", "coral", "dldl"])
     if head == "coral":
         return {"age_head": "coral"}
+    if head == "dldl":
+        return {"age_head": "dldl", "dldl_sigma": trial.suggest_float("age/dldl_sigma", 1.0, 4.0, step=0.5)}
     return {
         "age_head": "regression",
         "age_activation": trial.suggest_categorical("age/activation", ["linear", "relu"]),
@@ -93,6 +95,7 @@ def model_params(m: ModelConfig) -> dict:
         "age/head": m.age_head,
         "age/activation": m.age_activation,
         "age/output": m.age_output,
+        "age/dldl_sigma": m.dldl_sigma,
     }
     return params
 
@@ -119,7 +122,9 @@ def arch(trial: optuna.Trial, image_size: int) -> tuple[ModelConfig, TrainConfig
         block_dropout: 0-0.3 step 0.05; dense_dropout: 0-0.7 step 0.1.
         age/dense, gender/dense: 64, 128, 256, 512. age/l2 (shared part and age branch),
         gender/l2: 0, 1e-5, 1e-4, 1e-3.
-        age/head: regression, coral (ordinal ranks 0..116, CORAL loss); regression only:
-        age/activation: linear, relu; age/output: normalised (age / train mean), years.
+        age/head: regression, coral (ordinal ranks 0..116, CORAL loss), dldl (softmax over the
+        ages 0..116, DLDL-v2 loss: KL to a Gaussian label distribution plus L1 on the expected
+        age); regression only: age/activation: linear, relu; age/output: normalised (age /
+        train mean), years; dldl only: age/dldl_sigma: 1-4 years, step 0.5.
     """
     return sample_model(trial, image_size), TrainConfig()

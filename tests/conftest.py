@@ -46,7 +46,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(cache_dir) -> Path:
     """The default synthetic set (1,200 faces), drawn once per session."""
-    from agesearch.search.synthetic import synthetic_folder
+    from agesearch.search.data.synthetic import synthetic_folder
 
     return synthetic_folder(1200, seed=0, cache_dir=cache_dir)
 

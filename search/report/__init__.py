@@ -2,7 +2,7 @@
 
 A package of four parts: `tables` (pandas: every trial, ablations, the summary's numbers,
 presets against the search), `figures` (Optuna's plots, a few drawn by hand), `predictions`
-(the best model on the val images, through `search/metrics.py`) and `page` (the HTML). `build`
+(the best model on the val images, through `search/training/metrics.py`) and `page` (the HTML). `build`
 puts them together as a list of sections, each with a stable element id (`SECTION_IDS`).
 """
 

@@ -138,7 +138,7 @@ def build_report(
         predictions: draw the predictions section (loads Keras and the study's images).
         cache_dir: decoded-image cache for reloading the images.
     """
-    from agesearch.search.summary import summarize
+    from agesearch.search.report.summary import summarize
 
     start = time.perf_counter()
     facts = summary_facts(study)

@@ -16,7 +16,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from agesearch.search.report.page import Section, fig_html, table_html
-from agesearch.search.report.tables import is_multi, knob_text
+from agesearch.search.report.tables import knob_text
+from agesearch.search.store.study import is_multi
 
 MAX_PARALLEL = 8
 SLICE_ROW = 4

@@ -2,7 +2,7 @@
 
 The model comes from the study's artifact store (the best trial that still has one) or, for a
 study made before artifacts, from `studies/<study>/best.keras`; the images and split are
-reloaded from the study's metadata. Metrics come from `search/metrics.py`, the same functions
+reloaded from the study's metadata. Metrics come from `search/training/metrics.py`, the same functions
 evaluate and export use. Drawn by hand (no library offers them): the face grid, the
 predicted-vs-true scatter and the MAE per age decade.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 
 from agesearch.search.report.page import Section, fig_html
-from agesearch.search.study import META_KEY
+from agesearch.search.store.study import META_KEY
 
 N_FACES = 20
 SEX = {0: "M", 1: "F"}
@@ -52,7 +52,7 @@ def spread_faces(ages: np.ndarray, genders: np.ndarray, n: int = N_FACES) -> lis
 
 def _load(study: optuna.Study, storage_url: str | None, artifacts: str | None, cache_dir: Path | None, sec: Section):
     """(model ref, dataset, split) or None with a note saying what is missing."""
-    from agesearch.search.artifacts import find_model
+    from agesearch.search.store.artifacts import find_model
 
     ref = find_model(study, storage_url, spec=artifacts) if storage_url else None
     if ref is None:
@@ -63,7 +63,7 @@ def _load(study: optuna.Study, storage_url: str | None, artifacts: str | None, c
         sec.note("the study has no agesearch metadata, so its images cannot be found again.")
         return None
     try:
-        from agesearch.search.study_data import study_dataset
+        from agesearch.search.data.study_data import study_dataset
 
         ds, split = study_dataset(meta, cache_dir=cache_dir)
     except Exception as e:  # the data moved or changed since the search: the rest of the report stands
@@ -114,7 +114,7 @@ def predictions_section(study: optuna.Study, storage_url: str | None, *, artifac
     Returns the section and the numbers shown, or None (with a note in the section) when there
     is no model or the data cannot be found again.
     """
-    from agesearch.search.metrics import age_gender_metrics, predict_age_gender
+    from agesearch.search.training.metrics import age_gender_metrics, predict_age_gender
 
     sec = Section("predictions", "Predictions of the best model", f"{N_FACES} validation faces across age decades and both genders: predicted age, gender (P(female) in brackets; green right, red wrong) and the truth.")
     loaded = _load(study, storage_url, artifacts, cache_dir, sec)

@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from agesearch.search.study import META_KEY, best_trial
+from agesearch.search.store.study import META_KEY, best_of, best_trial, best_trials, is_multi, minimizes, objective_of, scalar  # noqa: F401  (re-exported for figures)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # Scalar user attrs worth a column in the CSV and the trials table (history and configs are not
@@ -48,41 +48,14 @@ TOP_COLUMNS = {
 }
 
 
-def is_multi(study: optuna.Study) -> bool:
-    return len(study.directions) > 1
 
 
-def minimizes(study: optuna.Study) -> bool:
-    """Whether a lower ranking scalar is better (the combined objective always is)."""
-    return is_multi(study) or study.direction == optuna.study.StudyDirection.MINIMIZE
 
 
-def objective_of(study: optuna.Study):
-    """The scalar that plots and tables rank trials by, as Optuna's `target`, and its name.
-
-    Single-objective studies use the trial's value (Optuna's default, target=None). A
-    multi-objective study ranks by the combined objective every trial records as a user attr,
-    so that Optuna's single-target plots still apply to it.
-    """
-    if not is_multi(study):
-        return None, "objective"
-    return (lambda t: float(t.user_attrs.get("objective", math.nan))), "combined objective"
 
 
-def scalar(trial: FrozenTrial, study: optuna.Study) -> float:
-    """The ranking scalar of a trial (NaN unless COMPLETE)."""
-    if trial.state != TrialState.COMPLETE:
-        return math.nan
-    if is_multi(study):
-        return float(trial.user_attrs.get("objective", math.nan))
-    return float(trial.value)
 
 
-def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial (single objective) or the Pareto front (multi-objective); [] if none."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
-    return [study.best_trial] if not is_multi(study) else list(study.best_trials)
 
 
 def knob_text(v) -> object:
@@ -309,12 +282,6 @@ def summary_facts(study: optuna.Study) -> dict:
     }
 
 
-def _best_of(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
-    ranked = [t for t in trials if not math.isnan(scalar(t, study))]
-    if not ranked:
-        return None
-    sign = 1 if minimizes(study) else -1
-    return min(ranked, key=lambda t: (sign * scalar(t, study), t.number))
 
 
 def preset_comparison(study: optuna.Study) -> dict | None:
@@ -326,8 +293,8 @@ def preset_comparison(study: optuna.Study) -> dict | None:
     MAE, positive accuracy mean the search did better. None unless one of each is complete.
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    preset = _best_of(study, [t for t in complete if "preset" in t.user_attrs])
-    searched = _best_of(study, [t for t in complete if "preset" not in t.user_attrs])
+    preset = best_of(study, [t for t in complete if "preset" in t.user_attrs])
+    searched = best_of(study, [t for t in complete if "preset" not in t.user_attrs])
     if preset is None and searched is None:
         return None
     out = {"preset": preset, "searched": searched, "diff": None}

@@ -63,7 +63,7 @@ def test_run_writes_trials_with_curves_and_attrs_to_sqlite(finished_study):
 
 
 def test_run_uploads_each_complete_trials_model_to_the_artifact_store(finished_study):
-    from agesearch.search.artifacts import find_model, model_artifacts
+    from agesearch.search.store.artifacts import find_model, model_artifacts
 
     study = load("arch", finished_study)
     assert sorted(p.name for p in (finished_study / "studies").iterdir() if p.is_dir()) == ["arch-artifacts"]  # no best.keras

@@ -10,9 +10,9 @@ import pytest
 from agesearch.models import ModelConfig, build_model, inference_model, load_model
 from agesearch.models.backbones import BackboneWeightsError
 from agesearch.models.coral import CoralAge, coral_levels, coral_loss, levels_to_age
-from agesearch.search.data import load_faces, split_indices
+from agesearch.search.data.images import load_faces, split_indices
 from agesearch.models.config import TrainConfig
-from agesearch.search.training import TrainingData, fit
+from agesearch.search.training.fit import TrainingData, fit
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_backbone_freeze_schedule_unfreezes_at_epoch_k(data):
         (dict(image_size=64, backbone="inceptionv3", shared_blocks=0, age_blocks=0, gender_blocks=0, filters=()), r"Invalid value for `image_size`: must be >= 75 for backbone='inceptionv3'. Received: image_size=64"),
         (dict(backbone="resnet50", shared_blocks=2, age_blocks=0, gender_blocks=0, filters=(8, 8)), r"Invalid value for `shared_blocks`: must be 0 with backbone='resnet50' \(the backbone is the trunk\). Received: shared_blocks=2"),
         (dict(backbone="vgg"), r"Invalid value for `backbone`: must be one of \('none', 'resnet50', 'mobilenetv3small', 'efficientnetb0', 'inceptionv3'\). Received: backbone='vgg'"),
-        (dict(age_head="softmax"), r"Invalid value for `age_head`: must be one of \('regression', 'coral'\). Received: age_head='softmax'"),
+        (dict(age_head="softmax"), r"Invalid value for `age_head`: must be one of \('regression', 'coral', 'dldl'\). Received: age_head='softmax'"),
         (dict(coral_min_age=30, coral_max_age=20), r"Invalid value for `coral_max_age`: must satisfy 0 <= coral_min_age \(30\) < coral_max_age <= 116. Received: coral_max_age=20"),
     ],
 )

@@ -6,7 +6,7 @@ import keras
 import optuna
 import pytest
 
-from agesearch.models import build_model, max_depth
+from agesearch.models import ModelConfig, build_model, max_depth
 from agesearch.models.config import TrainConfig
 from agesearch.spaces import describe_space, get_space, register_space, space_names
 
@@ -61,8 +61,7 @@ def test_space_samples_valid_buildable_models(name, image_size):
             BUILT_BACKBONES.add(model_cfg.backbone)
         keras.backend.clear_session()
         model = build_model(model_cfg)
-        age_units = model_cfg.coral_max_age - model_cfg.coral_min_age if model_cfg.age_head == "coral" else 1
-        assert model.output_names == ["age", "gender"] and model.output_shape == [(None, age_units), (None, 1)]
+        assert model.output_names == ["age", "gender"] and model.output_shape == [(None, model_cfg.age_units), (None, 1)]
         assert model.get_layer("age").dtype_policy.name == "float32"
     assert built
 
@@ -84,3 +83,26 @@ def test_describe_space_lists_parameters_with_ranges():
     assert arch["age/filters_b1"].choices == (16, 32, 64, 128, 256, 512)
     assert set(arch["block_order"].choices) == {"conv_bn_relu", "conv_relu_bn", "conv_relu"}
     assert "optimizer" not in arch and "optimizer" in describe_space("full", 64)
+
+
+@pytest.mark.parametrize("name", ["arch", "cnn", "full"])
+def test_space_offers_the_dldl_head(name):
+    found = describe_space(name, 32)
+    assert set(found["age/head"].choices) == {"regression", "coral", "dldl"}
+    sigma = found["age/dldl_sigma"]
+    assert (sigma.low, sigma.high, sigma.step) == (1.0, 4.0, 0.5)
+
+
+@pytest.mark.parametrize("name", ["arch", "cnn", "full"])
+def test_space_to_params_gives_back_a_dldl_model(name):
+    """A DLDL model is a point of every space that holds age/head: its params replay to it."""
+    from agesearch.spaces import SPACES
+
+    model_cfg = ModelConfig(image_size=32, shared_blocks=1, age_blocks=1, gender_blocks=1, filters=(16, 32), age_head="dldl", dldl_sigma=2.5)
+    train_cfg = TrainConfig()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(SPACES[name].to_params(model_cfg, train_cfg))
+    trial = study.ask()
+    got_model, got_train = get_space(name)(trial, 32)
+    assert got_model == model_cfg and got_train == train_cfg
+    assert trial.params["age/head"] == "dldl" and trial.params["age/dldl_sigma"] == 2.5

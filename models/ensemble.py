@@ -1,0 +1,82 @@
+"""One model from several: the mean of inference models' answers, optionally over flipped images too.
+
+`ensemble_model` takes models made by `inference_model` (input `image`, outputs `age` in years
+and `gender` = P(female), each (n, 1)) and gives back one model with the same input and outputs,
+saved and loaded as one .keras file. Faces are close to mirror-symmetric, so averaging over the
+image and its horizontal mirror (test-time augmentation) is a second ensemble for free.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from agesearch.models.coral import PACKAGE
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HorizontalFlip(keras.layers.Layer):
+    """Mirror channels-last images left to right, always (RandomFlip does nothing at inference)."""
+
+    def call(self, images):
+        return ops.flip(images, axis=-2)
+
+
+def _mean(tensors: list, name: str):
+    # Average needs two inputs or more; one member without flips is that member's answer.
+    if len(tensors) == 1:
+        return keras.layers.Identity(name=name)(tensors[0])
+    return keras.layers.Average(name=name)(tensors)
+
+
+def ensemble_model(members: list[keras.Model], *, tta_flip: bool) -> keras.Model:
+    """The mean of the members' `age` and `gender`, over the image (and its mirror with `tta_flip`).
+
+    Args:
+        members: inference models (`agesearch.models.inference_model` or loaded from their
+            files), all taking the same input shape.
+        tta_flip: also run every member on the horizontally flipped image and average both.
+
+    Returns:
+        A model with input `image` and outputs {"age": years, "gender": P(female)}, (n, 1) each.
+
+    Raises:
+        ValueError: no members, members with different input shapes, a member that is not an
+            inference model (outputs other than `age` and `gender` of one value per image), or
+            members that share weights.
+    """
+    if not members:
+        raise ValueError("Invalid value for `members`: must hold at least one inference model. Received: members=[]")
+    shapes = [tuple(m.input_shape[1:]) for m in members]
+    if len(set(shapes)) > 1:
+        raise ValueError(f"Invalid value for `members`: every member must take the same input shape. Received: input shapes {shapes}")
+    for m in members:
+        # A bare two-branch model (build_model) has the same output names but logits or a
+        # normalised age: one value per image is the inference model's mark.
+        if sorted(m.output_names) != ["age", "gender"] or any(tuple(s[1:]) != (1,) for s in m.output_shape):
+            raise ValueError(
+                "Invalid value for `members`: each must be an inference model, with outputs `age` and `gender` of one value per image. "
+                f"Received: outputs {dict(zip(m.output_names, m.output_shape))} of {m.name!r}"
+            )
+    # A model given twice (or two wrappers of one core) would be saved once and load back with
+    # its second copy unset: Keras saves a shared weight only at its first place in the file.
+    owner: dict[int, int] = {}
+    for i, m in enumerate(members):
+        for w in m.weights:
+            j = owner.setdefault(id(w), i)
+            if j != i:
+                raise ValueError(f"Invalid value for `members`: must not share weights (the same model twice?). Received: members {j} and {i} share {w.path!r}")
+    inputs = keras.Input(shapes[0], name="image")
+    views = [inputs, HorizontalFlip(name="flip")(inputs)] if tta_flip else [inputs]
+    ages, genders = [], []
+    for i, member in enumerate(members):
+        # Every inference model is named "agesearch_model" and holds the same layer names:
+        # a uniquely named wrapper per member keeps them apart in this model and in its file.
+        x = keras.Input(shapes[0], name="image")
+        wrapped = keras.Model(x, member(x), name=f"member{i}")
+        for view in views:
+            out = wrapped(view)
+            ages.append(out["age"])
+            genders.append(out["gender"])
+    outputs = {"age": _mean(ages, "age"), "gender": _mean(genders, "gender")}
+    return keras.Model(inputs, outputs, name="agesearch_ensemble")

@@ -1,0 +1,33 @@
+"""The data a study was searched on, found again from the study's metadata.
+
+`agesearch run` records where the images came from, the image size, the subset and the split
+in the study's user attrs (key "agesearch"); report, export and evaluation reload exactly the
+same images and split from there (decoded once, then from the cache).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agesearch.search.data.images import DataError, FaceDataset, Split, load_faces, split_indices
+from agesearch.search.data.duplicates import SPLIT_METHOD, split_faces
+from agesearch.search.data.synthetic import synthetic_folder
+
+
+def data_folder(data: str, *, synthetic_count: int = 1200, cache_dir: Path | None = None) -> Path:
+    """`data` is a folder or "synthetic" (the built-in set, drawn on first use)."""
+    if data == "synthetic":
+        return synthetic_folder(synthetic_count, seed=0, cache_dir=cache_dir)
+    return Path(data).expanduser()
+
+
+def study_dataset(meta: dict, *, cache_dir: Path | None = None) -> tuple[FaceDataset, Split]:
+    """Reload a study's images and split; fails if the folder changed since the search."""
+    folder = data_folder(meta["data"], synthetic_count=meta.get("synthetic_count", 1200), cache_dir=cache_dir)
+    ds = load_faces(folder, meta["image_size"], limit=meta.get("limit"), seed=meta["seed"], cache_dir=cache_dir)
+    if ds.fingerprint != meta["fingerprint"]:
+        raise DataError(f"the images in {folder} changed since the study was run (fingerprint {ds.fingerprint} != {meta['fingerprint']})")
+    if meta.get("split_method") == SPLIT_METHOD:
+        return ds, split_faces(ds, tuple(meta["split"]), seed=meta["seed"], cache_dir=cache_dir)
+    # Studies made before the grouped split keep the plain seeded split they were searched on.
+    return ds, split_indices(len(ds), tuple(meta["split"]), seed=meta["seed"])

@@ -1,0 +1,1 @@
+"""Training one configuration (fit) and scoring predictions (metrics); knows nothing of Optuna."""

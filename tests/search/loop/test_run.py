@@ -1,0 +1,235 @@
+"""run_search and `agesearch run` as processes: seeds that never repeat, several processes on one
+study, baseline trials, Ctrl-C, live progress. Synthetic data at 16-32 px, 1-3 epochs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import agesearch.spaces
+from agesearch.search.store import study as st
+from agesearch.search.loop.run import DataSpec, run_search
+from agesearch.search.loop.sampling import make_sampler, trial_seed
+from agesearch.search.loop.trial import exit_on_second_interrupt
+
+AGESEARCH = [str(Path(sys.executable).parent / "agesearch")]
+TINY = ["--space", "arch", "--epochs", "1", "--image-size", "16", "--limit", "120", "--synthetic-count", "200", "--sampler", "random"]
+
+
+def _load(root: Path, name: str = "arch") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=st.open_storage(f"sqlite:///{root / 'studies' / (name + '.db')}", heartbeat=False, create_dirs=False))
+
+
+def _params(trials) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in trials if "preset" not in t.user_attrs and "retry_of" not in t.user_attrs]
+
+
+def _env(cache_dir) -> dict:
+    return dict(os.environ, AGESEARCH_CACHE_DIR=str(cache_dir))
+
+
+def _space(trial):
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_int("k", 0, 100)
+
+
+@pytest.mark.parametrize("name", ["random", "tpe", "nsga2"])
+def test_sampler_is_reproducible_per_trial_number_and_a_resume_draws_new_points(name):
+    def draw(study, n):
+        for _ in range(n):
+            t = study.ask()
+            _space(t)
+            study.tell(t, t.params["x"])
+        return [t.params for t in study.trials]
+
+    first = draw(optuna.create_study(sampler=make_sampler(name, 0)), 4)
+    again = draw(optuna.create_study(sampler=make_sampler(name, 0)), 4)
+    assert first == again  # one uninterrupted run: reproducible
+    study = optuna.create_study(sampler=make_sampler(name, 0))
+    draw(study, 2)
+    study.sampler = make_sampler(name, 0)  # a resume: a fresh process, the same seed
+    resumed = draw(study, 2)
+    assert len({tuple(p.items()) for p in resumed}) == 4
+    assert trial_seed(0, 1) != trial_seed(0, 2) != trial_seed(1, 2)
+
+
+def test_tpe_after_the_baselines_models_them_instead_of_drawing_at_random():
+    """The presets are TPE's start-up: the first trial after them is drawn from the history,
+    by TPE's own relative step (it returns values only once its start-up is over) or as a
+    perturbation of the best preset; never by the random start-up."""
+    decisions = []
+    for seed in range(6):
+        sampler = make_sampler("tpe", seed, n_baselines=3)
+        study = optuna.create_study(sampler=sampler)
+        for i in range(3):  # three baseline trials
+            study.enqueue_trial({"x": 0.2 * i + 0.1, "k": 10 * i})
+            t = study.ask()
+            _space(t)
+            study.tell(t, t.params["x"])
+        t = study.ask()
+        _space(t)
+        decision = sampler.decision(t.number, fixed=False)
+        decisions.append(decision)
+        if decision == "tpe":
+            assert sampler.inner.modelled[t.number] == 2  # both parameters came from TPE's model
+        else:
+            assert decision.startswith("perturbed #0: ")  # the best of the three, x=0.1
+            moved = decision.removeprefix("perturbed #0: ").split(", ")
+            assert all(t.params[n] == study.trials[0].params[n] for n in ("x", "k") if n not in moved)
+    assert "random start-up" not in decisions and "tpe" in decisions and any(d.startswith("perturbed") for d in decisions)
+    # Without baselines TPE starts at random, as Optuna's default does.
+    plain = make_sampler("tpe", 0)
+    study = optuna.create_study(sampler=plain)
+    t = study.ask()
+    _space(t)
+    assert plain.decision(t.number, fixed=False) == "random start-up"
+
+
+def test_run_search_enqueues_baselines_once_on_a_new_study(in_tmp, monkeypatch, synthetic_dir):
+    # A tiny preset: one point of the arch space (drawn here, so it fits whatever arch holds).
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    point = scratch.ask()
+    agesearch.spaces.get_space("arch")(point, 16)
+    preset = point.params
+    calls = []
+
+    def baseline_trials(space_name, image_size, names=None):
+        calls.append((space_name, image_size, names))
+        return [("tiny", preset)]
+
+    monkeypatch.setattr(agesearch.spaces, "baseline_trials", baseline_trials)
+    spec = DataSpec(image_size=16, limit=120, synthetic_count=200)
+    study = run_search("arch", data=spec, n_trials=1, epochs=1, sampler="random", live=False)
+    (trial,) = study.trials
+    assert trial.user_attrs["preset"] == "tiny" and trial.params == preset
+    assert study.user_attrs[st.BASELINES_KEY] == ["tiny"]
+    study = run_search("arch", data=spec, n_trials=2, epochs=1, sampler="random", live=False)  # a resume
+    assert ["preset" in t.user_attrs for t in study.trials] == [True, False]
+    study = run_search("arch", data=spec, study_name="none", n_trials=1, epochs=1, sampler="random", baselines=False, live=False)
+    assert "preset" not in study.trials[0].user_attrs and study.user_attrs[st.BASELINES_KEY] == []
+    assert calls == [("arch", 16, None), ("arch", 16, None)]  # baselines=False does not ask
+
+
+def test_run_other_data_seed_is_refused_and_sampler_seed_is_not(in_tmp, synthetic_dir):
+    spec = DataSpec(image_size=16, limit=120, synthetic_count=200)
+    run_search("arch", data=spec, n_trials=1, epochs=1, sampler="random", live=False)
+    with pytest.raises(st.StudyMismatch, match=r"seed: study has 0, this run 2; --seed fixes the data split; --sampler-seed"):
+        run_search("arch", data=DataSpec(image_size=16, limit=120, synthetic_count=200, seed=2), n_trials=2, epochs=1, live=False)
+    study = run_search("arch", data=spec, n_trials=2, epochs=1, sampler="random", sampler_seed=2, live=False)
+    assert len(study.trials) == 2 and len(set(_params(study.trials))) == 2
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_study_share_the_total_and_repeat_nothing(tmp_path, cache_dir, synthetic_dir):
+    cmd = [*AGESEARCH, "run", *TINY, "--n-trials", "6"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    trials = _load(tmp_path).trials
+    assert 6 <= len(trials) <= 7 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(set(_params(trials))) == len(trials)
+    # Both processes ran trials (each printed its own per-trial lines).
+    assert all(any(line.startswith("trial ") for line in out.splitlines()) for out, _ in outs)
+
+
+def _start_and_interrupt(cmd, cwd, env) -> subprocess.CompletedProcess:
+    """Start `cmd`, send SIGINT once its first epoch is printed (mid-trial), wait for it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("  #1 epoch 1/") or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines) + out, err)
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_the_resume_reruns_the_interrupted_trial(tmp_path, cache_dir, synthetic_dir):
+    cmd = [*AGESEARCH, "run", *TINY, "--epochs", "3", "--image-size", "32", "--n-trials", "3", "--pruner", "none"]
+    first = _start_and_interrupt(cmd, tmp_path, _env(cache_dir))
+    assert first.returncode == 130, first.stderr[-2000:]
+    err = [line for line in first.stderr.splitlines() if line.strip()]
+    assert err == ["agesearch: interrupted; running trial(s) #1 marked FAIL and enqueued again: they run first, and do not count toward --n-trials, when you run the same command to resume."]
+    # Plain per-epoch lines when stdout is not a terminal.
+    assert "  #0 epoch 1/3 val objective " in first.stdout and "  #0 epoch 3/3 val objective " in first.stdout
+    study = _load(tmp_path)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+    assert st.finished_count(study) == 1
+    second = subprocess.run(cmd, cwd=tmp_path, env=_env(cache_dir), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "1 finished, 2 to run" in second.stdout
+    study = _load(tmp_path)
+    assert st.finished_count(study) == 3
+    trials = study.trials
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params and trials[2].state == TrialState.COMPLETE
+    assert len(set(_params(trials))) == len(_params(trials))  # the resume drew nothing twice
+
+
+def test_epoch_progress_plain_lines_and_live_text(capsys):
+    from agesearch.search.loop.progress import EpochProgress
+
+    with EpochProgress(3, live=False) as progress:
+        progress.start(4)
+        progress.epoch(4, 0, 0.91234)
+        progress.start(5)
+        assert progress.__rich__().startswith("#4 epoch 1/3 val objective 0.9123 ") and "| #5 starting " in progress.__rich__()
+        progress.done(4)
+        assert "#4" not in progress.__rich__()
+    assert capsys.readouterr().out.splitlines() == ["  #4 epoch 1/3 val objective 0.9123 0s"]
+
+
+@pytest.mark.slow
+def test_in_process_loop_fails_and_retries_a_dead_process_trial(tmp_path, synthetic_dir):
+    """A trial whose process died (heartbeat stopped) is failed and run again with its params."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from agesearch.search.loop.loop import InProcessExecutor, TrialLoop
+    from agesearch.search.loop.run import load_data
+    from agesearch.search.loop.trial import TrainJob, sample_configs, train_job
+
+    _, _, data = load_data(DataSpec(image_size=16, limit=120, synthetic_count=200))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1,
+                                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    study = optuna.create_study(study_name="hb", storage=storage, sampler=make_sampler("random", 0))
+    space = agesearch.spaces.get_space("arch")
+    dead = study.ask()
+    space(dead, 16)
+    storage.record_heartbeat(dead._trial_id)  # its last sign of life; then the process "died"
+    time.sleep(2.5)
+    sample = lambda trial: TrainJob(*sample_configs(trial, space, 16, 1), multi=False)  # noqa: E731
+    TrialLoop(study, InProcessExecutor(train_job, data), sample, n_trials=1).run()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params and st.finished_count(study) == 1
+
+
+def test_ctrl_c_handler_comes_back_after_the_cleanup():
+    before = signal.getsignal(signal.SIGINT)
+    with exit_on_second_interrupt():
+        assert signal.getsignal(signal.SIGINT) is not before
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_second_ctrl_c_exits_at_once():
+    code = ("import os, signal, time\n"
+            "from agesearch.search.loop.trial import exit_on_second_interrupt, exit_on_second_interrupt\n"
+            "with exit_on_second_interrupt():\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(30)\n"
+            "    print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and done.stdout == ""
+    assert done.stderr == "agesearch: interrupted again; stopped at once.\n"
