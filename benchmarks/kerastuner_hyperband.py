@@ -187,6 +187,11 @@ def best_so_far(rows: list[dict]) -> list[dict]:
     return curve
 
 
+def short(hp: dict) -> dict:
+    """Hyperparameters with floats at 4 significant digits, for the record line."""
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in hp.items()}
+
+
 def compare(kt_doc: dict, as_doc: dict) -> tuple[list[str], bool | None]:
     """Lines saying whether agesearch reached KerasTuner's best in <= TARGET x KerasTuner's time."""
     lines = []
@@ -240,10 +245,10 @@ def main() -> None:
         args.data = str(Path(args.data).resolve())
         if not Path(args.data).is_dir():
             p.error(f"--data: no such folder {args.data}")
-    try:  # before TensorFlow loads (keras_tuner imports it): its C++ start-up lines, as the CLI does
-        from agesearch.search.frameworks import quiet_environment
+    try:  # Keras first, without TensorFlow's C++ start-up lines, as the CLI does; keras_tuner then finds it loaded
+        from agesearch.search.frameworks import import_keras_quietly
 
-        quiet_environment()
+        import_keras_quietly()
     except ImportError:
         pass
     try:
@@ -297,7 +302,7 @@ def main() -> None:
     ]
     if best:
         lines.append(f"best: KT trial {best['number']} ({best['epochs']} epochs, {best['params']:,} params): objective {best['value']:.4f}, val age MAE {best['val_age_mae']:.2f} y, "
-                     f"val gender accuracy {best['val_gender_accuracy']:.3f}, reached at {best['end_s']:.0f} s; hp {best['hp']}")
+                     f"val gender accuracy {best['val_gender_accuracy']:.3f}, reached at {best['end_s']:.0f} s; hp {short(best['hp'])}")
         lines.append("best so far (s: objective): " + ", ".join(f"{c['t_s']:.0f}: {c['value']:.4f}" for c in curve))
     else:
         lines.append("best: no trial completed inside the budget")

@@ -143,6 +143,7 @@ def timeline(study, t0: datetime, budget_s: float) -> list[dict]:
             "epochs_run": u.get("epochs_run"),
             "best_epoch": u.get("best_epoch"),
             "pruned_at_epoch": u.get("pruned_at_epoch"),
+            "best_reported": min(u["history"]["val_objective"]) if u.get("history", {}).get("val_objective") else None,
             "fit_seconds": u.get("seconds"),
             "fail_reason": u.get("fail_reason"),
         })
@@ -306,7 +307,7 @@ def main() -> None:
         f"searched trials inside the budget: {states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed",
         f"best preset {bp['preset']} " + describe(bp),
         f"best searched trial {describe(bs)}; params {study.trials[bs['number']].params}" if bs else "best searched trial: none completed inside the budget",
-        f"first searched trial under the best preset's objective: " + (f"at {U(first_beat_s)}" if first_beat_s is not None else "never inside the budget"),
+        "first searched trial under the best preset's objective: " + (f"at {U(first_beat_s)}" if first_beat_s is not None else "never inside the budget"),
     ]
     for role, e in exports.items():
         if "test" in e:

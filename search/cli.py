@@ -397,37 +397,61 @@ def cmd_data_check(args) -> int:
 def _add_export(sub) -> None:
     ex = sub.add_parser(
         "export",
-        help="retrain the best (or a chosen) trial, save a .keras model and a JSON card, print test metrics",
+        help="retrain the best (or a chosen) trial, or average the top K, save a .keras model and a JSON card, print test metrics",
         description="Rebuild a trial's configs, retrain on the study's train split (val for early stopping), save an "
         "inference model (age in years, P(female)) as .keras plus a JSON model card next to it, and print the "
-        "test-split metrics. Default trial: the best one (multi-objective: the lowest combined objective on the Pareto front).",
+        "test-split metrics. Default trial: the best one (multi-objective: the lowest combined objective on the Pareto front). "
+        "With --ensemble K: one model averaging the stored models of the top K distinct COMPLETE trials (no retraining "
+        "unless --refit-on-train-val), shown beside the best single model on the test split.",
     )
     _add(ex, ("--study", dict(required=True)), "--storage")
-    ex.add_argument("--trial", type=int, help="trial number to export (default: the best)")
+    ex.add_argument("--trial", type=int, help="trial number to export (default: the best); not with --ensemble")
+    ex.add_argument("--ensemble", type=positive_int, metavar="K", help="average the top K COMPLETE trials, one per configuration, from their stored models (the study's artifact store)")
+    ex.add_argument("--tta", choices=["flip"], help="test-time augmentation saved in the model: 'flip' averages each image and its horizontal mirror (with or without --ensemble)")
     _add(ex, ("--epochs", dict(default=None, help="most epochs (default: the trial's); with --refit-on-train-val, exactly this many")))
     ex.add_argument("--out", type=Path, help="model file (default: studies/<study>/model.keras); the card goes next to it as .json")
-    ex.add_argument("--refit-on-train-val", action="store_true", help="train on train+val for the trial's best epoch count (best_epoch+1), no early stopping")
+    ex.add_argument("--refit-on-train-val", action="store_true", help="train on train+val for the trial's best epoch count (best_epoch+1), no early stopping; "
+                    "with --ensemble, each member so, instead of its stored model")
     _add(ex, ("--seed", dict(help="seed of the weight initialisation and shuffling")), "--cache-dir")
+    _add(ex, ("--artifacts", dict(help="artifact store of the trials' models, for --ensemble (default: the one the study recorded, else studies/<study>-artifacts/)")))
     ex.set_defaults(handler=cmd_export, optuna=True)
 
 
 def cmd_export(args) -> int:
-    """`agesearch export`: retrain, save model + card, print the test-split metrics."""
+    """`agesearch export`: retrain (or, with --ensemble, average stored models), save model + card, print the test-split metrics."""
     from agesearch.search.store.artifacts import models_dir
-    from agesearch.search.report.export import MODEL_FILE, check_out_path, export_trial, open_study, pick_trial
+    from agesearch.search.report.export import MODEL_FILE, check_out_path, export_trial, format_side_by_side, open_study, pick_trial
     from agesearch.search.training.metrics import format_metrics
 
+    if args.ensemble is not None and args.trial is not None:
+        raise UsageError("--trial and --ensemble exclude each other (--ensemble takes the top K trials)")
+    if args.ensemble is not None and args.epochs is not None and not args.refit_on_train_val:
+        raise UsageError("--epochs sets a retraining: with --ensemble it needs --refit-on-train-val (the stored models are used as they are)")
     study, url = open_study(args.study, args.storage)
-    trial = pick_trial(study, args.trial)
-    out = check_out_path(args.out or models_dir(url, args.study) / MODEL_FILE)
-    import_keras_quietly()
-    start = time.perf_counter()
-    card = export_trial(study, trial, out, epochs=args.epochs, refit_on_train_val=args.refit_on_train_val, seed=args.seed, cache_dir=args.cache_dir)
-    t = card["training"]
-    print(f"trained in {t['seconds']:.1f}s ({t['epochs_run']} epochs, weights of epoch {t['weights_from_epoch']}); "
-          f"search's val age MAE {card['study']['search_val_age_mae']}, this run's {t['val_age_mae']}")
+    if args.ensemble is not None:
+        from agesearch.search.report.ensemble import export_ensemble, format_members, pick_members
+
+        members = pick_members(study, url, args.ensemble, refit=args.refit_on_train_val, spec=args.artifacts)  # before Keras
+        out = check_out_path(args.out or models_dir(url, args.study) / MODEL_FILE)
+        import_keras_quietly()
+        start = time.perf_counter()
+        card = export_ensemble(study, url, members, out, tta_flip=args.tta == "flip", refit_on_train_val=args.refit_on_train_val,
+                               epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir, spec=args.artifacts)
+        print(format_members(card))
+    else:
+        trial = pick_trial(study, args.trial)
+        out = check_out_path(args.out or models_dir(url, args.study) / MODEL_FILE)
+        import_keras_quietly()
+        start = time.perf_counter()
+        card = export_trial(study, trial, out, epochs=args.epochs, refit_on_train_val=args.refit_on_train_val, seed=args.seed,
+                            cache_dir=args.cache_dir, tta_flip=args.tta == "flip")
+        t = card["training"]
+        print(f"trained in {t['seconds']:.1f}s ({t['epochs_run']} epochs, weights of epoch {t['weights_from_epoch']}); "
+              f"search's val age MAE {card['study']['search_val_age_mae']}, this run's {t['val_age_mae']}")
     m = card["test_metrics"]
     print(format_metrics(m, f"test split of study {args.study}") if m["n"] else "no test split (its fraction is 0): no test metrics")
+    if "side_by_side" in card:
+        print(format_side_by_side(card["side_by_side"], f"best single model vs exported, test split of study {args.study}"))
     print(f"model: {out}\ncard:  {out.with_suffix('.json')}  ({time.perf_counter() - start:.1f}s in all)")
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from agesearch.search.data.images import FaceDataset, list_faces, load_faces
 from agesearch.search.data.duplicates import Duplicates, find_duplicates, pair_table
-from agesearch.search.training.metrics import GENDERS, decade_label
+from agesearch.search.data.images import GENDERS, decade_label
 
 RACES = ("white", "black", "asian", "indian", "other")  # UTKFace's race codes 0..4
 SHOWN_PAIRS = 30  # pairs listed in the text output (all of them go to --json)

@@ -16,6 +16,15 @@ from PIL import Image
 from agesearch.search.errors import DataError
 from agesearch.search.files import atomic_folder
 
+GENDERS = ("male", "female")  # UTKFace's gender codes: 0 = male, 1 = female
+
+
+def decade_label(age: int) -> str:
+    """'0-9', '10-19', ...: the bins of every per-decade table agesearch prints."""
+    lo = (int(age) // 10) * 10
+    return f"{lo}-{lo + 9}"
+
+
 MAX_AGE = 116
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # AGE_GENDER_RACE_DATETIME.jpg.chip.jpg (cropped/aligned set) or ...DATETIME.jpg (in-the-wild set).

@@ -156,6 +156,7 @@ class TrialLoop:
                     for finished in self.executor.wait(self.on_report, self.on_worker):
                         self.on_finished(finished)
                 elif self.others_may_finish():
+                    self.waiting_line()
                     time.sleep(2.0)  # trials of other processes hold the last places
                 else:
                     break
@@ -187,11 +188,26 @@ class TrialLoop:
         """Nothing runs here, but other processes' trials could still bring the study to its total."""
         return not self.out_of_time() and not self.study_done()
 
+    def waiting_line(self) -> None:
+        """Once: which trials of other processes this run waits for."""
+        if self.say is None or getattr(self, "said_waiting", False):
+            return
+        self.said_waiting = True
+        others = [f"#{t.number}" for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        self.say(f"waiting for trial(s) {', '.join(others)} of another process: they hold the last places of --n-trials "
+                 "(a dead process's trials are failed 30 s after their last heartbeat)")
+
     def fail_stale(self) -> None:
         """Trials whose process stopped sending heartbeats: FAIL, retried by the storage's callback."""
+        others = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in self.trials]
+        if not others:
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number in others and self.say is not None:
+                self.say(f"trial {t.number:>4} FAIL     its process stopped (no heartbeat for the grace period); its parameters are enqueued again within --max-retries")
 
     # -- the steps of a trial ---------------------------------------------------------------
 
@@ -201,21 +217,24 @@ class TrialLoop:
             # Optuna warns that heartbeats are meant for `optimize`: this loop runs them itself.
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = with_retries(lambda a: self.study.ask(), "ask")
+        # The heartbeat starts at once, as in Optuna's `_optimize`: a trial killed with its
+        # process before its first heartbeat would never be found stale.
+        self.trials[trial.number] = trial
+        self.beats[trial.number] = stack = contextlib.ExitStack()
+        stack.enter_context(_heartbeat(self.study._storage, trial))  # noqa: SLF001  (the study's own storage)
         self.stats.trial_numbers.append(trial.number)
         try:
             payload = self.sample(trial)
         except TrialRefused as e:  # over the cost cap: never trained
+            self._end(trial.number)
             self._told(tell_outcome(self.study, trial, TrialOutcome(TrialState.PRUNED, None, {"refused": str(e)})), retried=False)
             return
         except Exception as e:  # a space that cannot sample: the trial fails, the search goes on
+            self._end(trial.number)
             reason = (str(e).strip().splitlines() or [""])[0]
             outcome = TrialOutcome(TrialState.FAIL, None, {"fail_reason": f"sampling failed: {type(e).__name__}: {reason}"[:500]})
             self._told(tell_outcome(self.study, trial, outcome), retried=False)
             return
-        self.trials[trial.number] = trial
-        stack = contextlib.ExitStack()
-        stack.enter_context(_heartbeat(self.study._storage, trial))  # noqa: SLF001  (the study's own storage)
-        self.beats[trial.number] = stack
         if self.on_start is not None:
             self.on_start(trial.number)
         self.executor.start(trial.number, payload, self.report)
@@ -238,8 +257,7 @@ class TrialLoop:
 
     def on_finished(self, f: Finished) -> None:
         """Tell the trial's outcome; a trial whose process died is FAIL and retried."""
-        trial = self.trials.pop(f.number)
-        self.beats.pop(f.number).close()
+        trial = self._end(f.number)
         if f.outcome is None:
             frozen, retried = fail_trial(self.study, trial, f"worker died: {f.died}", max_retries=self.max_retries)
             self.stats.retried += retried
@@ -255,11 +273,15 @@ class TrialLoop:
         with exit_on_second_interrupt():
             numbers = self.executor.cancel_all()
             for number in numbers:
-                frozen, retried = fail_trial(self.study, self.trials.pop(number), "interrupted (Ctrl-C)", max_retries=None)
-                self.beats.pop(number).close()
+                frozen, retried = fail_trial(self.study, self._end(number), "interrupted (Ctrl-C)", max_retries=None)
                 self.stats.retried += retried
                 self._told(frozen, retried=retried)
         raise SearchInterrupted(interrupted_line(numbers))
+
+    def _end(self, number: int) -> optuna.Trial:
+        """The trial is done here: stop its heartbeat (before it is told)."""
+        self.beats.pop(number).close()
+        return self.trials.pop(number)
 
     def _told(self, frozen: FrozenTrial, *, retried: bool) -> None:
         if frozen.state == TrialState.COMPLETE:

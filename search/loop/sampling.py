@@ -49,6 +49,7 @@ class PerTrialSeedSampler(BaseSampler):
         self.seed = seed
         self._current: tuple[int, BaseSampler] = (-1, factory(seed))
         self.modelled: dict[int, int] = {}  # trial number -> parameters the relative step drew
+        self.grid_size = 0  # points of the grid, for a grid sampler
 
     def for_trial(self, number: int) -> BaseSampler:
         if self._current[0] != number:
@@ -56,9 +57,16 @@ class PerTrialSeedSampler(BaseSampler):
         return self._current[1]
 
     def is_exhausted(self, study: optuna.Study) -> bool:
-        """A grid sampler whose grid has been walked: nothing new to run."""
-        inner = self.for_trial(len(study.get_trials(deepcopy=False)))
-        return isinstance(inner, GridSampler) and inner.is_exhausted(study)
+        """A grid whose every point is taken (running or finished): nothing new to run.
+
+        Optuna's own `GridSampler.is_exhausted` counts a running point as still to do, and its
+        next trial runs such a point again: with several trials at once, a duplicate.
+        """
+        if not isinstance(self._current[1], GridSampler):
+            return False
+        taken = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False) if "grid_id" in t.system_attrs
+                 and (t.state.is_finished() or t.state == TrialState.RUNNING)}
+        return len(taken) >= self.grid_size
 
     def before_trial(self, study, trial: FrozenTrial) -> None:
         self.for_trial(trial.number).before_trial(study, trial)
@@ -200,7 +208,8 @@ def make_sampler(name: str, sampler_seed: int, *, grid: dict | None = None, n_ba
 
     def factory(seed: int) -> BaseSampler:
         if grid is not None:
-            return samplers.GridSampler(grid, seed=seed)
+            # One order for every trial: a grid id means the same point only under one seed.
+            return samplers.GridSampler(grid, seed=sampler_seed)
         if name == "tpe":
             # The presets are the start-up: TPE models from the first trial after them.
             return samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
@@ -214,6 +223,8 @@ def make_sampler(name: str, sampler_seed: int, *, grid: dict | None = None, n_ba
         return samplers.NSGAIISampler(seed=seed)
 
     sampler = PerTrialSeedSampler(factory, sampler_seed)
+    if grid is not None:
+        sampler.grid_size = math.prod(len(v) for v in grid.values())
     if name == "tpe" and grid is None and n_baselines:
         return IncumbentPerturbation(sampler, after=n_baselines)
     return sampler

@@ -155,6 +155,7 @@ def train_configs(
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "seconds": round(result.seconds, 3),
+        "seconds_per_epoch": seconds_per_epoch(result.history),
         "params": result.params,
         "val_age_mae_by_decade": result.val_age_mae_by_decade,
         "history": result.history,
@@ -167,7 +168,15 @@ def _partial_attrs(history: dict) -> dict:
     attrs: dict = {"history": history}
     if history.get("val_objective"):
         attrs["epochs_run"] = len(history["val_objective"])
+        attrs["seconds_per_epoch"] = seconds_per_epoch(history)
     return attrs
+
+
+def seconds_per_epoch(history: dict) -> float | None:
+    """The median wall time of an epoch after the first (which also compiles), or the first's."""
+    times = history.get("seconds") or []
+    rest = times[1:] or times
+    return round(float(sorted(rest)[len(rest) // 2]), 3) if rest else None
 
 
 def report_epoch(trial: optuna.Trial, epoch: int, value: float) -> bool:
@@ -195,21 +204,16 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome
     )
 
 
-def fail_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial, reason: str, *, max_retries: int | None) -> tuple[FrozenTrial, bool]:
+def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str, *, max_retries: int | None) -> tuple[FrozenTrial, bool]:
     """Tell a trial FAIL with `fail_reason`, and enqueue its parameters again if retries are left.
 
-    For trials that did not end by themselves: a worker that died, Ctrl-C, a trial left
-    RUNNING by a run that stopped. `max_retries=None` always enqueues again (an interrupted
+    For trials that did not end by themselves: a worker that died, Ctrl-C. (A trial whose
+    whole process died is failed by Optuna's heartbeat instead: loop.TrialLoop.fail_stale.) `max_retries=None` always enqueues again (an interrupted
     trial is the user's doing, not the trial's). The retry is Optuna's own
     RetryHeartbeatStaleTrialCallback (system attrs `failed_trial`, `retry_history`, which
     `finished_count` reads) with user attrs `retry_of` (the failed trial's number) and
     `retry_count` (1 for the first retry). Returns (frozen trial, retried).
     """
-    if isinstance(trial, FrozenTrial):
-        # A trial of a run that stopped: only its frozen record is here. Trial(study, id) is
-        # Optuna's public constructor; `_trial_id` is the one private field needed to reach it
-        # (user attrs cannot be set through a trial number).
-        trial = optuna.Trial(study, trial._trial_id)  # noqa: SLF001
     with_retries(lambda a: trial.set_user_attr("fail_reason", reason[:500]), "set fail_reason")
     frozen = with_retries(lambda a: study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=a > 0), f"tell trial {trial.number} FAIL")
     history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)

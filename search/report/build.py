@@ -33,7 +33,7 @@ from agesearch.search.report.tables import (
     trials_table,
 )
 
-SECTION_IDS = ("summary", "history", "importances", "parallel", "slice", "contour", "learning-curves", "best-trial", "ablations", "pareto", "predictions", "trials")
+SECTION_IDS = ("summary", "history", "importances", "parallel", "slice", "contour", "learning-curves", "best-trial", "ablations", "pareto", "cost", "predictions", "trials")
 
 
 @dataclass
@@ -166,6 +166,7 @@ def build_report(
         figures.best_trial_section(best),
         ablations_section(study, tables, name),
         figures.pareto_section(study),
+        figures.cost_section(study),
         pred_sec,
         trials_section(df),
     ]

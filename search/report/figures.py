@@ -198,3 +198,31 @@ def pareto_section(study: optuna.Study) -> Section:
         sec.body.append("<h3>Trade-off trials (the Pareto front, by age MAE)</h3>")
         sec.body.append(table_html(pd.DataFrame(rows), index=False))
     return sec
+
+
+def cost_section(study: optuna.Study) -> Section:
+    """By hand: Optuna plots parameters, not what a trial cost; this is the objective of each
+    complete trial against its FLOPs per image (user attr `flops`), presets apart, with its
+    seconds per epoch on hover, and the draws refused over the cost cap counted."""
+    import plotly.graph_objects as go
+
+    sec = Section("cost", "Objective vs cost", "Val objective of each complete trial against the FLOPs per image of its model; presets as diamonds. Lower left is better.")
+    trials = study.get_trials(deepcopy=False)
+    refused = [t for t in trials if "refused" in t.user_attrs]
+    if refused:
+        sec.note(f"{len(refused)} draw(s) refused before training, over the cost cap: {refused[0].user_attrs['refused']}")
+    points = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("flops") and t.user_attrs.get("objective") is not None]
+    if not points:
+        sec.note("no complete trial with a recorded cost yet")
+        return sec
+    fig = go.Figure()
+    for label, symbol, group in (("preset", "diamond", [t for t in points if "preset" in t.user_attrs]), ("searched", "circle", [t for t in points if "preset" not in t.user_attrs])):
+        if group:
+            fig.add_trace(go.Scatter(
+                x=[t.user_attrs["flops"] / 1e6 for t in group], y=[t.user_attrs["objective"] for t in group], mode="markers", name=label,
+                marker={"symbol": symbol, "size": 10},
+                text=[f"#{t.number} {t.user_attrs.get('preset', '')} {t.user_attrs.get('seconds_per_epoch', float('nan')):.1f} s/epoch" for t in group],
+                hovertemplate="%{text}<br>%{x:.1f} MFLOPs, objective %{y:.4f}<extra></extra>"))
+    fig.update_layout(xaxis_title="MFLOPs per image (log)", yaxis_title="val objective", xaxis_type="log")
+    sec.body.append(fig_html(fig, "plot-cost", 440))
+    return sec

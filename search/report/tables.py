@@ -29,8 +29,12 @@ METRIC_ATTRS = (
     "best_epoch",
     "epochs_run",
     "seconds",
+    "seconds_per_epoch",
     "params",
+    "flops",
+    "sampled_by",
     "pruned_at_epoch",
+    "refused",
     "fail_reason",
 )
 # Config fields that are knobs in some space but not always a parameter of their own: `arch`

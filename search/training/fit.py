@@ -76,6 +76,9 @@ class EpochReport(keras.callbacks.Callback):
         self.age_scale = age_scale  # years per unit of the age metrics in logs
         self.history: dict[str, list[float]] = {}
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_start = time.perf_counter()
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         scale = self.age_scale
@@ -94,6 +97,7 @@ class EpochReport(keras.callbacks.Callback):
         # Shows the backbone freeze schedule in the learning curves.
         row["trainable_params"] = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
         row["learning_rate"] = _current_learning_rate(self.model.optimizer)
+        row["seconds"] = time.perf_counter() - getattr(self, "epoch_start", time.perf_counter())  # with the val pass
         logs["val_objective"] = value
         for key, v in row.items():
             self.history.setdefault(key, []).append(float(v))

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GENDERS = ("male", "female")  # UTKFace's gender codes: 0 = male, 1 = female
+from agesearch.search.data.images import GENDERS, decade_label  # noqa: F401  (part of the metrics' vocabulary)
+
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,6 @@ def combined_objective(val_age_mae: float, val_gender_accuracy: float, b: Baseli
     than predicting the train median age and majority gender, 0.0 would be perfect.
     """
     return val_age_mae / b.mae_trivial + (1.0 - val_gender_accuracy) / b.error_trivial
-
-
-def decade_label(age: int) -> str:
-    """'0-9', '10-19', ...: the bins of every per-decade table agesearch prints."""
-    lo = (int(age) // 10) * 10
-    return f"{lo}-{lo + 9}"
 
 
 def model_image_size(model) -> int:

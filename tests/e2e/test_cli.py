@@ -154,6 +154,8 @@ def test_run_failing_trials_are_marked_fail_and_the_study_goes_on(tmp_path, caps
         (["--space", "nope"], r"unknown space 'nope'; known spaces: .*arch"),
         (["--storage", "notadb://x/y"], r"bad storage URL 'notadb://x/y'"),
         (["--storage", "sqlite:///{tmp}"], r"bad storage URL .* is not a file"),
+        (["--storage", "sqlite:///{tmp}/afile/x.db"], r"bad storage URL .*: .*afile is a file, not a folder"),
+        (["--max-flops", "0"], r"argument --max-flops: must be a positive number, got '0'"),
         (["--n-trials", "0"], r"argument --n-trials: must be a positive integer, got '0'"),
         (["--epochs", "two"], r"argument --epochs: must be a positive integer, got 'two'"),
         (["--image-size", "8"], r"argument --image-size: must be at least 16 pixels, got '8'"),
@@ -163,7 +165,10 @@ def test_run_failing_trials_are_marked_fail_and_the_study_goes_on(tmp_path, caps
         (["--objective", "multi", "--sampler", "cmaes"], r"--sampler cmaes is single-objective"),
     ],
 )
-def test_run_bad_input_exits_2_with_one_line_and_no_study(tmp_path, capsys, monkeypatch, args, message):
+@pytest.mark.parametrize("executor", [[], ["--workers", "2"]], ids=["in-process", "ray"])
+def test_run_bad_input_exits_2_with_one_line_and_no_study(tmp_path, capsys, monkeypatch, args, message, executor):
+    """The same one line through both executors: every input is checked before either starts."""
+    (tmp_path / "afile").write_text("x")
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.jpg").write_bytes(b"x")
@@ -172,7 +177,7 @@ def test_run_bad_input_exits_2_with_one_line_and_no_study(tmp_path, capsys, monk
     (tmp_path / "corrupt" / "20_0_0_20170101000000000.jpg.chip.jpg").write_bytes(b"broken")
     monkeypatch.chdir(tmp_path)
     argv = ["run", "--space", "arch", "--n-trials", "1", "--epochs", "1", "--image-size", "32", "--limit", "100"]
-    argv += [a.replace("{tmp}", str(tmp_path)) for a in args]
+    argv += [a.replace("{tmp}", str(tmp_path)) for a in args] + executor
     code, out, err = run_cli(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()

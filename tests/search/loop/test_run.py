@@ -233,3 +233,40 @@ def test_second_ctrl_c_exits_at_once():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130 and done.stdout == ""
     assert done.stderr == "agesearch: interrupted again; stopped at once.\n"
+
+
+def test_cost_cap_refuses_an_over_cap_draw_before_any_training(tmp_path, synthetic_dir, cache_dir):
+    """Every draw of `arch` at 16 px needs far more than 1,000 FLOPs: PRUNED, said why, never trained."""
+    study = run_search("arch", data=DataSpec(image_size=16, limit=120, synthetic_count=200, cache_dir=cache_dir), storage=f"sqlite:///{tmp_path / 'c.db'}",
+                       n_trials=2, epochs=3, baselines=False, sampler="random", max_flops=1e3, artifacts=str(tmp_path / "models"))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    for t in trials:
+        assert t.user_attrs["flops"] > 1e3 and t.user_attrs["params"] > 0
+        assert "over the cap of 0.0 MFLOPs" in t.user_attrs["refused"]
+        assert t.intermediate_values == {} and "history" not in t.user_attrs  # not one epoch ran
+        assert t.constraints["flops"] > 0  # infeasible for the sampler (Optuna's constraints)
+
+
+def test_default_pruner_stops_a_diverged_trial_at_its_second_epoch_and_never_a_preset():
+    """The default pruner (median, presets as its start-up): a learning-rate-10 trial that sits at
+    the trivial objective is stopped at its second epoch; B's slow-starting preset always finishes."""
+    from agesearch.search.loop.options import PRUNERS
+
+    b_curve = [1.30, 0.95, 0.80, 0.72, 0.68, 0.65]  # a preset that starts worse than the others
+    good_curve = [0.90, 0.75, 0.70, 0.66, 0.64, 0.62]
+    study = optuna.create_study(pruner=PRUNERS["median"].make(6, 3))
+
+    def run(curve):
+        t = study.ask()
+        for epoch, value in enumerate(curve):
+            t.report(value, step=epoch)
+            if t.should_prune():
+                study.tell(t, state=TrialState.PRUNED)
+                return epoch
+        study.tell(t, curve[-1])
+        return None
+
+    assert [run(good_curve), run(good_curve), run(b_curve)] == [None, None, None]  # the three presets finish
+    assert run([2.0] * 6) == 1  # learning rate 10: no better than trivial, stopped after epoch 2
+    assert run(good_curve) is None

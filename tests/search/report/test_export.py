@@ -138,3 +138,183 @@ def test_predict_two_images_and_a_bad_file_reports_it_without_stopping(exported,
 def test_predict_missing_model_is_one_line_exit_2(tmp_path, capsys):
     code, _, err = run_cli(["predict", "--model", str(tmp_path / "none.keras"), "x.jpg"], capsys)
     assert code == 2 and err.strip() == f"agesearch: error: no model file at {tmp_path / 'none.keras'}"
+
+
+# --- export --ensemble K, --tta flip --------------------------------------------------------------
+
+
+def _complete_by_value(finished):
+    """The study's COMPLETE trials, best (lowest objective) first: the ensemble's expected order."""
+    import optuna
+
+    study = optuna.load_study(study_name=finished.name, storage=finished.url)
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return study, sorted(done, key=lambda t: (t.value, t.number))
+
+
+@pytest.fixture(scope="module")
+def ensembled(tmp_path_factory, finished):
+    """`export --ensemble 3 --tta flip` of the session's finished study: (folder, stdout)."""
+    import contextlib
+    import io
+
+    _, done = _complete_by_value(finished)
+    assert len(done) >= 3, "the shared finished study should hold 3 COMPLETE trials, each with its stored model"
+    root = tmp_path_factory.mktemp("ensemble")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["export", "--study", finished.name, "--storage", finished.url, "--ensemble", "3", "--tta", "flip", "--out", str(root / "ens.keras")])
+    assert code == 0
+    return root, stdout.getvalue()
+
+
+def test_export_ensemble_predicts_the_mean_of_its_members_flip_averaged(ensembled, finished, tmp_path):
+    import keras
+    import optuna
+
+    from agesearch.models.inference import load_model  # registers agesearch's layers (flip, CORAL, DLDL)
+    from agesearch.search.store.artifacts import STORE_ATTR, model_artifacts
+
+    root, _ = ensembled
+    card = json.loads((root / "ens.json").read_text())
+    study, done = _complete_by_value(finished)
+    top3 = done[:3]
+    assert card["study"]["trials"] == [t.number for t in top3] and card["ensemble"]["tta"] == "flip"
+    # The members' own stored models, fetched with Optuna's API rather than export's.
+    store = optuna.artifacts.FileSystemArtifactStore(study.user_attrs[STORE_ATTR])
+    x = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3)).astype("float32")
+    ages, genders = [], []
+    for t in top3:
+        path = tmp_path / f"trial-{t.number}.keras"
+        optuna.artifacts.download_artifact(artifact_store=store, file_path=str(path), artifact_id=model_artifacts(t)[-1]["artifact_id"])
+        member = load_model(path)
+        for view in (x, x[:, :, ::-1]):
+            out = member.predict(view, verbose=0)
+            ages.append(out["age"])
+            genders.append(out["gender"])
+    got = keras.saving.load_model(root / "ens.keras", compile=False).predict(x, verbose=0)
+    np.testing.assert_allclose(got["age"], np.mean(ages, axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got["gender"], np.mean(genders, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_export_ensemble_card_lists_members_and_sets_the_best_single_beside_the_ensemble(ensembled, finished):
+    root, stdout = ensembled
+    card = json.loads((root / "ens.json").read_text())
+    _, done = _complete_by_value(finished)
+    members = card["members"]
+    assert [m["trial"] for m in members] == [t.number for t in done[:3]]
+    for m, t in zip(members, done):
+        assert m["objective"] == pytest.approx(t.user_attrs["objective"]) and m["preset"] == t.user_attrs.get("preset")
+        assert METRIC_KEYS <= set(m["test_metrics"]) and m["test_metrics"]["n"] == card["data"]["split_sizes"]["test"]
+    cmp = card["side_by_side"]
+    best, ens = cmp["best_single"], cmp["ensemble"]
+    assert cmp["split"] == "test" and best["trial"] == members[0]["trial"] and best["tta"] is None
+    assert best["age_mae"] == members[0]["test_metrics"]["age_mae"] and best["gender_accuracy"] == members[0]["test_metrics"]["gender_accuracy"]
+    assert best["per_decade_mae"] == members[0]["test_metrics"]["per_decade_mae"]
+    assert ens["age_mae"] == card["test_metrics"]["age_mae"] and ens["per_decade_mae"] == card["test_metrics"]["per_decade_mae"]
+    assert ens["trials"] == [m["trial"] for m in members] and ens["tta"] == "flip"
+    assert card["reload_check_max_abs_diff"] < 1e-4
+    # The command prints the same comparison: both models, a row per decade.
+    assert f"A = best single model: trial {members[0]['trial']}, stored model" in stdout
+    listed = ", ".join(f"trial {m['trial']}" for m in members)
+    assert f"B = exported model:    ensemble of 3 ({listed}) + flip TTA" in stdout
+    rows = [l.split() for l in stdout.splitlines()]
+    assert ["age", "MAE", "(years)", f"{best['age_mae']:.2f}", f"{ens['age_mae']:.2f}"] in rows
+    for decade, n in cmp["per_decade_n"].items():
+        assert [decade, str(n), "images", f"{best['per_decade_mae'][decade]:.2f}", f"{ens['per_decade_mae'][decade]:.2f}"] in rows
+
+
+def test_evaluate_and_predict_accept_an_ensemble_as_a_single_model(ensembled, synthetic_dir, capsys):
+    model = str(ensembled[0] / "ens.keras")
+    code, out, err = run_cli(["evaluate", "--model", model, "--data", str(synthetic_dir), "--limit", "20", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["n"] == 20 and 0 <= r["gender_accuracy"] <= 1 and r["age_mae"] >= 0 and r["image_size"] == 32
+    good = [str(synthetic_dir / n) for n in sorted(os.listdir(synthetic_dir))[:2]]
+    code, out, err = run_cli(["predict", "--model", model, "--json", *good], capsys)
+    rows = [json.loads(l) for l in out.strip().splitlines()]
+    assert code == 0, err
+    assert [r["image"] for r in rows] == good and all(0.5 <= r["probability"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "extra, what",
+    [
+        ([], "with a stored model"),
+        (["--refit-on-train-val"], "to retrain (with model_config and train_config)"),
+    ],
+)
+def test_export_ensemble_larger_than_complete_trials_is_one_line_exit_2_before_keras(finished, study_args, extra, what):
+    _, done = _complete_by_value(finished)
+    n = len(done)
+    code = (
+        "import sys\n"
+        "from agesearch.search.cli import main\n"
+        f"rc = main({['export', *study_args, '--ensemble', str(n + 1), *extra]!r})\n"
+        "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))\n"
+        "sys.exit(rc)\n"
+    )
+    done_run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    trials = ", ".join(str(t.number) for t in done)
+    assert done_run.returncode == 2
+    assert done_run.stderr == f"agesearch: error: --ensemble {n + 1}: study 'rep' has only {n} distinct COMPLETE trial(s) {what} (trials: {trials})\n"
+    assert done_run.stdout.strip() == "[]"  # no framework was imported
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ensemble", "2", "--trial", "0"], "agesearch: error: --trial and --ensemble exclude each other (--ensemble takes the top K trials)"),
+        (["--ensemble", "2", "--epochs", "3"], "agesearch: error: --epochs sets a retraining: with --ensemble it needs --refit-on-train-val (the stored models are used as they are)"),
+        (["--ensemble", "0"], "agesearch export: error: argument --ensemble: must be a positive integer, got '0'"),
+        # argparse's own wording (quotes around the choices vary with the Python version)
+        (["--tta", "rotate"], "agesearch export: error: argument --tta: invalid choice: 'rotate' (choose from "),
+    ],
+)
+def test_export_ensemble_bad_options_are_one_line_exit_2(study_args, capsys, args, message):
+    code, _, err = run_cli(["export", *study_args, *args], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.strip() == message or (message.endswith("(choose from ") and err.startswith(message) and "flip" in err)
+
+
+def _trial(number: int, value: float, config: str | None, params: dict | None = None):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    attrs = {"model_config": {"filters": [8, 16], "tag": config}, "train_config": {"epochs": 2}} if config else {}
+    params = params or {"lr": 1e-3}
+    return create_trial(value=value, params=params, distributions={k: FloatDistribution(1e-4, 1e-1, log=True) for k in params}, user_attrs=attrs | {"objective": value})
+
+
+def test_ensemble_pick_members_counts_one_configuration_once_keeping_the_better():
+    import optuna
+
+    from agesearch.search.errors import UsageError
+    from agesearch.search.report.ensemble import pick_members
+
+    study = optuna.create_study(study_name="dup")
+    for value, config in [(1.0, "a"), (0.5, "a"), (2.0, "b"), (0.7, "a")]:
+        study.add_trial(_trial(len(study.trials), value, config))
+    members = pick_members(study, "sqlite://", 2, refit=True)
+    assert [m.trial.number for m in members] == [1, 2]  # trial 1 (0.5) stands for "a"; 3 and 0 are its twins
+    with pytest.raises(UsageError, match=r"^--ensemble 3: study 'dup' has only 2 distinct COMPLETE trial\(s\) to retrain \(with model_config and train_config\) \(trials: 1, 2\)$"):
+        pick_members(study, "sqlite://", 3, refit=True)
+
+
+def test_ensemble_config_key_falls_back_to_params_without_configs():
+    from agesearch.search.report.ensemble import config_key
+
+    a, b, c = _trial(0, 1.0, None, {"lr": 1e-3}), _trial(1, 1.0, None, {"lr": 1e-2}), _trial(2, 2.0, None, {"lr": 1e-3})
+    assert config_key(a) != config_key(b) and config_key(a) == config_key(c)
+
+
+def test_export_tta_flip_without_ensemble_saves_one_model_beside_its_plain_self(exported, study_args, capsys):
+    out = exported / "tta" / "m.keras"
+    code, stdout, err = run_cli(["export", *study_args, "--trial", "1", "--epochs", "1", "--tta", "flip", "--out", str(out)], capsys)
+    assert code == 0, err
+    card = json.loads(out.with_suffix(".json").read_text())
+    cmp = card["side_by_side"]
+    assert card["tta"] == "flip" and card["study"]["trial"] == 1 and card["training"]["epochs_run"] == 1
+    assert cmp["best_single"]["trial"] == 1 and cmp["ensemble"]["trials"] == [1] and cmp["ensemble"]["tta"] == "flip"
+    assert cmp["ensemble"]["age_mae"] == card["test_metrics"]["age_mae"]
+    assert "A = best single model: trial 1, retrained" in stdout and "B = exported model:    trial 1, retrained, + flip TTA" in stdout

@@ -1,10 +1,12 @@
 """Models as Optuna artifacts: the split upload matches Optuna's, keep-best-K, the store of a
 study found again, the old best.keras fallback, S3 without boto3, and optuna-dashboard listing a
-trial's model through its HTTP API when started the way `agesearch dashboard` starts it."""
+trial's model through its HTTP API when started the way `agesearch dashboard` starts it. The S3
+tests run against a local S3-compatible server (moto) that they start themselves."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import urllib.error
@@ -22,12 +24,12 @@ from agesearch.search.store import artifacts as art
 from agesearch.search.errors import UsageError
 
 
-def _study_with_models(tmp_path: Path, values: list[float], name: str = "arts") -> tuple[optuna.Study, str, object]:
+def _study_with_models(tmp_path: Path, values: list[float], name: str = "arts", spec: str | None = None) -> tuple[optuna.Study, str, object]:
     """A study whose complete trials each got a model blob through upload_model + attach."""
     url = f"sqlite:///{tmp_path / 'studies' / (name + '.db')}"
     (tmp_path / "studies").mkdir(exist_ok=True)
     study = optuna.create_study(study_name=name, storage=url)
-    spec = art.resolve_spec(None, url, name)
+    spec = art.resolve_spec(spec, url, name)
     store = art.store_for(spec)
     art.record_store(study, spec)
     for v in values:
@@ -130,10 +132,82 @@ def test_s3_store_without_boto3_names_the_extra(monkeypatch):
         art.resolve_spec("s3:///x", "sqlite:///a.db", "a")
 
 
-def test_s3_spec_keeps_ids_plain_under_the_prefix():
-    pytest.importorskip("boto3")
-    store = art.store_for("s3://bucket/runs/arch")
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3-compatible server (moto in server mode, the `test` extra) on a free port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, tmp_path, monkeypatch):
+    """boto3 clients made anywhere in the test (Optuna's Boto3ArtifactStore makes its own) reach
+    the local server, with dummy credentials and no ~/.aws; yields a client and a fresh bucket."""
+    import uuid
+
+    import boto3
+
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # boto3 >= 1.28 reads it for every client
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    client = boto3.client("s3")
+    bucket = f"agesearch-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+def _keys(client, bucket: str) -> set[str]:
+    return {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_s3_store_writes_plain_ids_under_the_prefix(s3, tmp_path):
+    client, bucket = s3
+    store = art.store_for(f"s3://{bucket}/runs/arch")
     assert isinstance(store, art.PrefixedStore) and store.prefix == "runs/arch/"
+    file = tmp_path / "m.keras"
+    file.write_bytes(b"model bytes")
+    artifact_id = art.upload_model(store, file)
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", artifact_id)  # what the dashboard's routes take
+    assert _keys(client, bucket) == {f"runs/arch/{artifact_id}"}
+    assert client.get_object(Bucket=bucket, Key=f"runs/arch/{artifact_id}")["Body"].read() == b"model bytes"
+    with store.open_reader(artifact_id) as reader:
+        assert reader.read() == b"model bytes"
+    assert art.exists(store, artifact_id) and not art.exists(store, "00000000-0000-0000-0000-000000000000")
+    store.remove(artifact_id)
+    assert _keys(client, bucket) == set() and not art.exists(store, artifact_id)
+    # no prefix: Optuna's store itself, ids at the bucket's root
+    root_store = art.store_for(f"s3://{bucket}")
+    assert isinstance(root_store, optuna.artifacts.Boto3ArtifactStore)
+    assert _keys(client, bucket) == set()
+    root_id = art.upload_model(root_store, file)
+    assert _keys(client, bucket) == {root_id}
+
+
+def test_s3_study_keeps_the_best_k_and_finds_its_best_model(s3, tmp_path):
+    client, bucket = s3
+    spec = f"s3://{bucket}/runs/arts/"
+    study, url, store = _study_with_models(tmp_path, [0.5, 0.2, 0.9, 0.1], spec=spec)
+    assert study.user_attrs[art.STORE_ATTR] == f"s3://{bucket}/runs/arts"  # recorded without the trailing /
+    ids = {t.number: art.model_artifacts(t)[0]["artifact_id"] for t in study.trials}
+    assert _keys(client, bucket) == {f"runs/arts/{i}" for i in ids.values()}
+    art.KeepBestModels(store, keep=2)(study, study.trials[-1])
+    assert _keys(client, bucket) == {f"runs/arts/{ids[3]}", f"runs/arts/{ids[1]}"}
+    # a reader of the study (report, export, evaluate) finds the S3 store from the study alone
+    reread = optuna.load_study(study_name=study.study_name, storage=url)
+    ref = art.find_model(reread, url, dest_dir=tmp_path / "downloads")
+    assert (ref.trial, ref.artifact_id) == (3, ids[3])
+    assert ref.path.read_bytes() == b"weights of trial 3" and ref.path.is_relative_to(tmp_path / "downloads")
 
 
 def test_run_cli_rejects_s3_without_boto3_before_loading_keras(monkeypatch, capsys):
