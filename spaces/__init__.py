@@ -30,6 +30,12 @@ class SpaceEntry:
 SPACES: dict[str, SpaceEntry] = {}
 
 
+# Bumped when a space's distributions change, since Optuna refuses to resume a study whose
+# categorical choices changed: a study made before says so in one line (StudyMismatch).
+# 2: `age/head` gained "dldl" (and `age/dldl_sigma`).
+SPACE_VERSIONS = {"arch": 2, "cnn": 2, "full": 2}
+
+
 def register_space(name: str, *, grid: Grid | None = None, to_params: ToParams | None = None) -> Callable[[Space], Space]:
     """Register a space by name; a grid space gives its grid, a space that holds presets `to_params`."""
 

@@ -38,6 +38,7 @@ from agesearch.search.loop.progress import EpochProgress, ProgressLine
 from agesearch.search.loop.sampling import make_sampler
 from agesearch.search.loop.trial import TrainJob, check_cost, sample_configs, train_job
 from agesearch.search.store import study as st
+from agesearch.spaces import SPACE_VERSIONS
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -81,6 +82,7 @@ def study_meta(spec: DataSpec, space: str, objective: str, ds, split, baselines)
     b = baselines
     return {
         "space": space,
+        "space_version": SPACE_VERSIONS.get(space),
         "objective": objective,
         "data": "synthetic" if spec.data == "synthetic" else str(Path(spec.data).expanduser().resolve()),
         "synthetic_count": spec.synthetic_count if spec.data == "synthetic" else None,

@@ -9,6 +9,10 @@ Retraining rather than copying `best.keras`: the search keeps only the best mode
 the combined objective, none for a chosen trial, and none when trials ran on other machines;
 retraining from the configs works for any finished trial and can fold val into training
 (`--refit-on-train-val`, for the epoch count early stopping found).
+
+`--tta flip` saves the retrained model wrapped with horizontal-flip test-time augmentation
+(models/ensemble.py) and puts the plain and the flipped model side by side in the card;
+`--ensemble K` (search/report/ensemble.py) averages the stored models of the top K trials.
 """
 
 from __future__ import annotations
@@ -94,27 +98,41 @@ def pick_trial(study, number: int | None):
     return best_trial(study)
 
 
-def export_trial(
-    study,
-    trial,
-    out: Path,
-    *,
-    epochs: int | None = None,
-    refit_on_train_val: bool = False,
-    seed: int = 0,
-    cache_dir: Path | None = None,
-) -> dict:
-    """Retrain `trial`'s configs on the study's data, save model + card, return the card.
+@dataclasses.dataclass
+class Retrained:
+    """One trial's configs trained again (`retrain`): the inference model and how it was made."""
 
-    Args:
-        study: the Optuna study (its "agesearch" user attr says which data and split).
-        trial: a COMPLETE FrozenTrial with `model_config` and `train_config` user attrs.
-        out: the .keras file to write; the card goes to the same path with `.json`.
-        epochs: most epochs (default: the trial's); with `refit_on_train_val`, exactly this many
-            (default: the trial's best_epoch + 1).
-        refit_on_train_val: train on train+val with no early stopping.
-        seed: Keras' global seed (weights, shuffling, augmentation).
-        cache_dir: decoded-image cache.
+    model: object  # keras.Model: the inference model (age in years, P(female))
+    model_cfg: object  # ModelConfig
+    train_cfg: object  # TrainConfig, with the epochs and patience actually used
+    data: object  # TrainingData it was fitted on
+    result: object  # FitResult
+    refit_on_train_val: bool
+    seed: int
+
+    def training(self) -> dict:
+        """The card's "training" entry."""
+        # EarlyStopping restores the epoch with the lowest val objective; a refit keeps the last.
+        r, refit = self.result, self.refit_on_train_val
+        return {
+            "trained_on": "train+val" if refit else "train",
+            "early_stopping": not refit,
+            "epochs_run": r.epochs_run,
+            "weights_from_epoch": r.epochs_run - 1 if refit else r.best_epoch,
+            "seconds": round(r.seconds, 2),
+            "seed": self.seed,
+            "age_scale": self.data.baselines.age_scale,
+            "params": r.params,
+            "val_age_mae": None if refit else r.val_age_mae,
+            "val_gender_accuracy": None if refit else r.val_gender_accuracy,
+        }
+
+
+def retrain(study, trial, ds, split, *, epochs: int | None = None, refit_on_train_val: bool = False, seed: int = 0) -> Retrained:
+    """Train `trial`'s configs again on the study's data, as `export_trial` describes.
+
+    The one training path of `export`: a single trial, or each member of `--ensemble K
+    --refit-on-train-val`.
     """
     import keras
 
@@ -122,12 +140,8 @@ def export_trial(
     from agesearch.models.config import TrainConfig
     from agesearch.models.inference import inference_model
     from agesearch.search.data.images import Split
-    from agesearch.search.store.study import META_KEY
-    from agesearch.search.data.study_data import study_dataset
     from agesearch.search.training.fit import TrainingData, fit
 
-    meta = study.user_attrs[META_KEY]
-    ds, split = study_dataset(meta, cache_dir=cache_dir)
     model_cfg = ModelConfig.from_dict(trial.user_attrs["model_config"])
     train_cfg = TrainConfig.from_dict(trial.user_attrs["train_config"])
     if refit_on_train_val:
@@ -147,14 +161,104 @@ def export_trial(
     keras.utils.set_random_seed(seed)
     result = fit(model_cfg, train_cfg, data, None, keep_model=True, early_stopping=not refit_on_train_val)
     model = inference_model(result.model, model_cfg, data.baselines.age_scale)
+    return Retrained(model, model_cfg, train_cfg, data, result, refit_on_train_val, seed)
+
+
+def export_trial(
+    study,
+    trial,
+    out: Path,
+    *,
+    epochs: int | None = None,
+    refit_on_train_val: bool = False,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    tta_flip: bool = False,
+) -> dict:
+    """Retrain `trial`'s configs on the study's data, save model + card, return the card.
+
+    Args:
+        study: the Optuna study (its "agesearch" user attr says which data and split).
+        trial: a COMPLETE FrozenTrial with `model_config` and `train_config` user attrs.
+        out: the .keras file to write; the card goes to the same path with `.json`.
+        epochs: most epochs (default: the trial's); with `refit_on_train_val`, exactly this many
+            (default: the trial's best_epoch + 1).
+        refit_on_train_val: train on train+val with no early stopping.
+        seed: Keras' global seed (weights, shuffling, augmentation).
+        cache_dir: decoded-image cache.
+        tta_flip: save the model averaged over each image and its mirror; the card's
+            `side_by_side` compares it with the plain model on the test split.
+    """
+    from agesearch.search.data.study_data import study_dataset
+    from agesearch.search.store.study import META_KEY
+
+    meta = study.user_attrs[META_KEY]
+    ds, split = study_dataset(meta, cache_dir=cache_dir)
+    trained = retrain(study, trial, ds, split, epochs=epochs, refit_on_train_val=refit_on_train_val, seed=seed)
+    model = trained.model
+    if tta_flip:
+        from agesearch.models.ensemble import ensemble_model
+
+        plain_metrics = score_on_test(model, ds, split)
+        model = ensemble_model([model], tta_flip=True)
     with atomic_path(out) as tmp:  # a reader never finds half a model, nor one that reloads wrong
         model.save(tmp)
-        test_metrics, reload_diff = _test_and_reload(model, tmp, ds, split)
+        metrics, reload_diff = _test_and_reload(model, tmp, ds, split)
         if reload_diff > RELOAD_TOLERANCE:
             raise UsageError(f"the saved model does not reproduce the trained one (largest difference {reload_diff:.3g}); nothing was exported")
-    card = _card(study, trial, out, meta, split, model_cfg, train_cfg, data, result, refit_on_train_val, seed, test_metrics, reload_diff)
-    write_json(out.with_suffix(".json"), card, indent=2, default=_json_default)
+    card = _card(study, trial, out, meta, split, trained, metrics, reload_diff)
+    if tta_flip:
+        card["tta"] = "flip"
+        card["side_by_side"] = side_by_side(
+            single=plain_metrics, single_label=f"trial {trial.number}, retrained", single_trial=trial.number,
+            ensemble=metrics, ensemble_label=f"trial {trial.number}, retrained, + flip TTA", ensemble_trials=[trial.number], tta="flip",
+        )
+    write_json(out.with_suffix(".json"), card, indent=2, default=json_default)
     return card
+
+
+def score_on_test(model, ds, split) -> dict:
+    """`age_gender_metrics` of an inference model on the study's test split."""
+    test = split.test
+    age, p_female = predict_age_gender(model, ds.images[test])
+    return age_gender_metrics(ds.ages[test], ds.genders[test], age, p_female)
+
+
+def side_by_side(*, single: dict, single_label: str, single_trial: int, ensemble: dict, ensemble_label: str, ensemble_trials: list[int], tta: str | None) -> dict:
+    """The card's comparison, on the test split, of the best single model (the best trial's, no
+    TTA) with the exported one (the ensemble, or the one model with TTA): age MAE, gender
+    accuracy and age MAE per decade of true age, for both."""
+
+    def column(m: dict, label: str) -> dict:
+        return {"label": label, "age_mae": m["age_mae"], "gender_accuracy": m["gender_accuracy"], "per_decade_mae": m["per_decade_mae"]}
+
+    return {
+        "split": "test",
+        "n": ensemble["n"],
+        "per_decade_n": ensemble["per_decade_n"],
+        "best_single": column(single, single_label) | {"trial": single_trial, "tta": None},
+        "ensemble": column(ensemble, ensemble_label) | {"trials": list(ensemble_trials), "tta": tta},
+    }
+
+
+def format_side_by_side(cmp: dict, title: str) -> str:
+    """Terminal lines of `side_by_side`: a row per number, column A the best single model, B the exported one."""
+    a, b = cmp["best_single"], cmp["ensemble"]
+    if not cmp["n"]:
+        return f"{title}: no test split (its fraction is 0): nothing to compare"
+    row = lambda name, x, y: f"  {name:<32}{x:>9}{y:>9}"  # noqa: E731
+    lines = [
+        f"{title}: {cmp['n']} images",
+        f"  A = best single model: {a['label']}",
+        f"  B = exported model:    {b['label']}",
+        row("", "A", "B"),
+        row("age MAE (years)", f"{a['age_mae']:.2f}", f"{b['age_mae']:.2f}"),
+        row("gender accuracy", f"{a['gender_accuracy']:.3f}", f"{b['gender_accuracy']:.3f}"),
+        "  age MAE per decade (true age):",
+    ]
+    for label, n in cmp["per_decade_n"].items():
+        lines.append(row(f"  {label:>8} {n:>6} images", f"{a['per_decade_mae'][label]:.2f}", f"{b['per_decade_mae'][label]:.2f}"))
+    return "\n".join(lines)
 
 
 # Largest difference (years or probability) allowed between the trained model and its file.
@@ -166,51 +270,51 @@ def _test_and_reload(model, out: Path, ds, split) -> tuple[dict, float]:
     from agesearch.models.inference import load_model
 
     test = split.test
-    age, p_female = predict_age_gender(model, ds.images[test])
-    test_metrics = age_gender_metrics(ds.ages[test], ds.genders[test], age, p_female)
+    metrics = score_on_test(model, ds, split)
     probe = ds.images[test[:16]] if len(test) else ds.images[:16]
     reloaded = load_model(out)
     a1, g1 = predict_age_gender(model, probe)
     a2, g2 = predict_age_gender(reloaded, probe)
-    return test_metrics, float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
+    return metrics, float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
 
 
-def _card(study, trial, out, meta, split, model_cfg, train_cfg, data, result, refit_on_train_val, seed, test_metrics, reload_diff) -> dict:
-    """The JSON model card: what was trained on what, how, and how it scored."""
-    # EarlyStopping restores the epoch with the lowest val objective; a refit keeps the last.
-    restored = result.epochs_run - 1 if refit_on_train_val else result.best_epoch
+def card_header(study, out: Path, meta: dict, split) -> dict:
+    """The card's fields every export shares: format, files, input and output, data."""
     return {
         "format": "agesearch-model-card/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_file": out.name,
         "outputs": {"age": "years (float)", "gender": "P(female)"},
         "input": {"image_size": int(meta["image_size"]), "dtype": "RGB, 0-255 (uint8 range); the model rescales"},
-        "study": {"name": study.study_name, "trial": trial.number, "values": trial.values, "objective": trial.user_attrs.get("objective"),
-                  "search_val_age_mae": trial.user_attrs.get("val_age_mae"), "search_val_gender_accuracy": trial.user_attrs.get("val_gender_accuracy"),
-                  "search_best_epoch": trial.user_attrs.get("best_epoch")},
-        "model_config": model_cfg.to_dict(),
-        "train_config": train_cfg.to_dict(),
         "data": {k: meta.get(k) for k in ("data", "fingerprint", "images", "image_size", "limit", "seed", "split", "split_method", "synthetic_count")}
         | {"split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
-        "training": {
-            "trained_on": "train+val" if refit_on_train_val else "train",
-            "early_stopping": not refit_on_train_val,
-            "epochs_run": result.epochs_run,
-            "weights_from_epoch": restored,
-            "seconds": round(result.seconds, 2),
-            "seed": seed,
-            "age_scale": data.baselines.age_scale,
-            "params": result.params,
-            "val_age_mae": None if refit_on_train_val else result.val_age_mae,
-            "val_gender_accuracy": None if refit_on_train_val else result.val_gender_accuracy,
-        },
-        "test_metrics": test_metrics,
+    }
+
+
+def trial_summary(trial) -> dict:
+    """What the search recorded of a trial: its values and its val scores."""
+    ua = trial.user_attrs
+    return {"trial": trial.number, "preset": ua.get("preset"), "values": trial.values, "objective": ua.get("objective"),
+            "search_val_age_mae": ua.get("val_age_mae"), "search_val_gender_accuracy": ua.get("val_gender_accuracy"), "search_best_epoch": ua.get("best_epoch")}
+
+
+def _card(study, trial, out, meta, split, trained: Retrained, metrics, reload_diff) -> dict:
+    """The JSON model card: what was trained on what, how, and how it scored."""
+    header = card_header(study, out, meta, split)
+    return {
+        **{k: header[k] for k in ("format", "created", "model_file", "outputs", "input")},
+        "study": {"name": study.study_name, **trial_summary(trial)},
+        "model_config": trained.model_cfg.to_dict(),
+        "train_config": trained.train_cfg.to_dict(),
+        "data": header["data"],
+        "training": trained.training(),
+        "test_metrics": metrics,
         "reload_check_max_abs_diff": reload_diff,
         "versions": _versions(),
     }
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, (np.integer, np.floating)):
         return o.item()
     if isinstance(o, np.ndarray):

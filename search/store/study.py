@@ -26,7 +26,7 @@ STUDIES_DIR = Path("studies")
 META_KEY = "agesearch"
 # Keys of the study's metadata that must match when a study is resumed.
 # "seed" is the data seed (split, subset); the sampler's seed may differ between runs.
-MUST_MATCH = ("space", "objective", "fingerprint", "images", "image_size", "split", "split_method", "seed")
+MUST_MATCH = ("space", "space_version", "objective", "fingerprint", "images", "image_size", "split", "split_method", "seed")
 # Study user attr set once the presets were enqueued, so that a resume never enqueues again.
 BASELINES_KEY = "baselines_enqueued"
 # Storage calls that fail transiently are retried this many times in all.
@@ -156,6 +156,8 @@ def create_or_resume(
         if [d.name.lower() for d in existing.directions] != directions:
             diffs.insert(0, f"directions: study has {[d.name.lower() for d in existing.directions]}, this run {directions}")
         if diffs:
+            if old.get("space_version") != meta.get("space_version"):
+                diffs.append("the space's parameters changed since (Optuna cannot resume a study whose choices changed)")
             if old.get("seed") != meta.get("seed"):
                 diffs.append("--seed fixes the data split; --sampler-seed draws other parameters on the same split")
             raise StudyMismatch(f"study {name!r} was made with other settings ({'; '.join(diffs)}); use another --study name")

@@ -329,7 +329,7 @@ def test_run_driver_killed_mid_search_resumes_to_the_count(tmp_path, cache_dir):
         first.wait(timeout=30)
     finally:
         _kill_session(first.pid)  # what Ray's reaper did not end of that run's runtime
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)  # 30 s of heartbeat grace first
     assert second.returncode == 0, second.stderr[-2000:]
     assert "its process stopped (no heartbeat for the grace period)" in second.stdout
     study = _study(f"sqlite:///{db}")
@@ -407,7 +407,7 @@ def test_run_ctrl_c_on_ray_is_one_line_and_the_resume_reruns_the_trials(tmp_path
     study = _study(f"sqlite:///{tmp_path / 'studies' / 'train.db'}")
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("fail_reason") == "interrupted (Ctrl-C)"]
     assert interrupted and st.finished_count(study) == sum(t.state == TrialState.COMPLETE for t in study.get_trials())
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)  # 30 s of heartbeat grace first
     assert second.returncode == 0, second.stderr[-2000:]
     trials = _study(f"sqlite:///{tmp_path / 'studies' / 'train.db'}").get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
