@@ -176,7 +176,7 @@ def _add_run(sub) -> None:
     _add(r, "--artifacts")
     r.add_argument("--keep-models", type=positive_int, metavar="K", help="keep only the best K trials' models in the artifact store (default: every complete trial's)")
     r.add_argument("--max-flops", type=positive_float, metavar="F", help="refuse (PRUNED, never trained) a draw whose model needs more than F FLOPs per image, e.g. 2e8")
-    r.add_argument("--max-flops-ratio", type=non_negative(float), default=4.0, metavar="R", help="refuse a draw over R times the FLOPs of the best trial so far (presets and retries are never refused; 0: off)")
+    r.add_argument("--max-flops-ratio", type=non_negative(float), default=4.0, metavar="R", help="refuse a draw over R times the FLOPs of the best preset trial (presets and retries are never refused; no cap without presets; 0: off)")
     _add_run_ray(r)
     r.set_defaults(handler=cmd_run, optuna=True)
 

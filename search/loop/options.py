@@ -85,7 +85,7 @@ class RunOptions:
     backbone_weights: str = "imagenet"  # imagenet | none | a weights file
     baselines: list[str] | None | Literal[False] = None  # None: every preset of the space; False: none
     max_flops: float | None = None  # refuse draws over this many FLOPs per image
-    max_flops_ratio: float | None = 4.0  # refuse draws over this many times the best trial's FLOPs
+    max_flops_ratio: float | None = 4.0  # refuse draws over this many times the best preset's FLOPs
     workers: int = 1  # trials at once; > 1 (or an address) runs them on Ray
     gpus_per_trial: float | None = None  # Ray; default 1 if the cluster has GPUs
     cpus_per_trial: float = 1.0  # Ray

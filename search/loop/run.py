@@ -152,9 +152,11 @@ def run_search(space: str | RunOptions, *, data: DataSpec = DataSpec(), **option
 
 def cost_cap(study: optuna.Study, o: RunOptions) -> float | None:
     """The most FLOPs per image a draw may cost: --max-flops, and --max-flops-ratio times the
-    FLOPs of the best trial so far (none before a trial completed)."""
+    FLOPs of the best preset (a fixed anchor: the best trial so far could be a tiny model that
+    would then refuse every larger one; none before a preset completed, none without presets)."""
     caps = [] if o.max_flops is None else [o.max_flops]
-    best = st.best_trial(study)
+    presets = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if "preset" in t.user_attrs]
+    best = st.best_of(study, presets)
     if o.max_flops_ratio is not None and best is not None and best.user_attrs.get("flops"):
         caps.append(o.max_flops_ratio * best.user_attrs["flops"])
     return min(caps) if caps else None
