@@ -352,7 +352,7 @@ def cmd_presets(args) -> int:
         print(f"  {name:<24} {params}")
         print(f"      {preset.summary}")
         print(f"      reported: {preset.reported}; in spaces: {', '.join(holders[name]) or 'none at this size'}")
-        train = preset.configs(args.image_size)[1]
+        train = preset.configs(128)[1]  # the recipe does not depend on the size (the model may not fit a small one)
         print(f"      recipe: {train.epochs} epochs, early stopping patience {train.early_stopping_patience}; as a baseline trial the run "
               "sets both: --epochs, and patience max(5, epochs // 3)")
     return 0
