@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +45,78 @@ def test_export_writes_model_and_card_with_test_metrics(exported):
     assert card["training"]["seconds"] > 0 and card["training"]["trained_on"] == "train"
     assert card["versions"]["keras"] and card["versions"]["backend"]
     assert card["reload_check_max_abs_diff"] < 1e-4
+
+
+def _test_split_check(out: Path, storage_url: str, study_name: str, cache_dir: Path) -> tuple[dict, dict]:
+    """(the card's test metrics, the trivial predictors' on the same images), after checking that
+    the card's metrics are the saved file's, recomputed here on the study's test split."""
+    import optuna
+
+    from agesearch.models.inference import load_model
+    from agesearch.search.data.study_data import study_dataset
+
+    card = json.loads(out.with_suffix(".json").read_text())
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    ds, split = study_dataset(study.user_attrs["agesearch"], cache_dir=cache_dir)
+    assert card["data"]["split_sizes"] == {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+    test = split.test
+    pred = load_model(out).predict(ds.images[test], verbose=0)
+    age, p_female = np.ravel(pred["age"]), np.ravel(pred["gender"])
+    true_age = np.array([int(ds.names[i].split("_")[0]) for i in test])  # from the file names, not the loader
+    true_gender = np.array([int(ds.names[i].split("_")[1]) for i in test])
+    got = card["test_metrics"]
+    assert got["n"] == len(test) > 0
+    assert got["age_mae"] == pytest.approx(float(np.mean(np.abs(age - true_age))), abs=1e-3)
+    assert got["gender_accuracy"] == pytest.approx(float(np.mean((p_female >= 0.5) == true_gender)))
+    assert got["confusion"]["matrix"] == [[int(np.sum((true_gender == t) & ((p_female >= 0.5) == p))) for p in (0, 1)] for t in (0, 1)]
+    decades = {f"{d}-{d + 9}": true_age // 10 * 10 == d for d in sorted(set(true_age // 10 * 10))}
+    assert got["per_decade_mae"] == pytest.approx({k: float(np.mean(np.abs(age - true_age)[m])) for k, m in decades.items()}, abs=1e-3)
+    train_age, train_gender = ds.ages[split.train], ds.genders[split.train]
+    trivial = {
+        "age_mae": float(np.mean(np.abs(true_age - np.median(train_age)))),
+        "gender_accuracy": float(np.mean(true_gender == int(np.mean(train_gender) >= 0.5))),
+    }
+    return got, trivial
+
+
+def test_export_card_test_metrics_are_the_saved_models_on_the_test_split(exported, finished, cache_dir):
+    # The search's 2-epoch model is no better than the trivial predictors: `learned` below checks that.
+    _test_split_check(exported / "model.keras", finished.url, finished.name, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory, cache_dir) -> tuple[Path, str]:
+    """A study whose one trial is a small model that learns (16 px, 5 epochs, batch 16), exported.
+
+    Its configs and data are fixed here, unlike the search's trials (whose 2-epoch models score
+    like the trivial predictors): (the exported .keras path, the storage URL).
+    """
+    import optuna
+    from optuna.trial import create_trial
+
+    from agesearch.models import ModelConfig, TrainConfig
+    from agesearch.search.loop.run import DataSpec, load_data, study_meta
+
+    root = tmp_path_factory.mktemp("learned")
+    spec = DataSpec(image_size=16, limit=600, cache_dir=cache_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ds, split, data = load_data(spec)
+    url = f"sqlite:///{root / 'learned.db'}"
+    study = optuna.create_study(study_name="learned", storage=url)
+    study.set_user_attr("agesearch", study_meta(spec, "hand", "combined", ds, split, data.baselines))
+    model = ModelConfig(image_size=16, shared_blocks=1, age_blocks=2, gender_blocks=1, filters=(8, 16, 16), dense_dropout=0.0, age_dense=16, gender_dense=16)
+    train = TrainConfig(epochs=5, batch_size=16)
+    study.add_trial(create_trial(value=1.0, user_attrs={"model_config": model.to_dict(), "train_config": train.to_dict(), "objective": 1.0}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["export", "--study", "learned", "--storage", url, "--out", str(root / "model.keras")]) == 0
+    return root / "model.keras", url
+
+
+def test_export_of_a_model_that_learns_beats_the_trivial_predictors_on_the_test_split(learned, cache_dir):
+    out, url = learned
+    got, trivial = _test_split_check(out, url, "learned", cache_dir)
+    assert got["age_mae"] < 0.6 * trivial["age_mae"]  # measured: 5.8 y against 15.3 y
+    assert got["gender_accuracy"] > trivial["gender_accuracy"] + 0.25  # 0.97 against 0.46
 
 
 def test_export_model_loads_in_a_fresh_process_with_same_predictions(exported, tmp_path):
@@ -96,13 +171,24 @@ def test_export_bad_input_is_one_line_exit_2(exported, study_args, capsys, monke
     assert __import__("re").search(message, err)
 
 
-def test_evaluate_json_on_synthetic_data_returns_the_fields(exported, synthetic_dir, capsys):
+def test_evaluate_json_on_synthetic_data_returns_the_fields(exported, synthetic_dir, cache_dir, capsys):
+    from agesearch.models.inference import load_model
+    from agesearch.search.data.images import load_faces
+
     model = exported / "model.keras"
     code, out, err = run_cli(["evaluate", "--model", str(model), "--data", str(synthetic_dir), "--limit", "60", "--json"], capsys)
     assert code == 0, err
     r = json.loads(out)
     assert METRIC_KEYS | {"skipped"} <= set(r)
-    assert r["n"] == 60 and 0 <= r["gender_accuracy"] <= 1 and r["age_mae"] >= 0
+    # The model's own answers on the same 60 images (--limit: the seeded subset, seed 0), labels
+    # read from the file names.
+    ds = load_faces(synthetic_dir, 32, limit=60, seed=0, cache_dir=cache_dir)
+    pred = load_model(model).predict(ds.images, verbose=0)
+    true_age = np.array([int(n.split("_")[0]) for n in ds.names])
+    true_gender = np.array([int(n.split("_")[1]) for n in ds.names])
+    assert r["n"] == len(ds) == 60
+    assert r["age_mae"] == pytest.approx(float(np.mean(np.abs(np.ravel(pred["age"]) - true_age))), abs=1e-3)
+    assert r["gender_accuracy"] == pytest.approx(float(np.mean((np.ravel(pred["gender"]) >= 0.5) == true_gender)))
     assert sum(map(sum, r["confusion"]["matrix"])) == 60
     assert r["skipped"] == {"malformed_names": 0, "unreadable_files": 0}
 
