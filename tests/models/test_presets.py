@@ -121,8 +121,9 @@ def test_presets_command_lists_parameter_counts_results_and_spaces(capsys):
     assert code == 0 and err == ""
     assert "deep-age-branch          2,644,994 params" in out
     assert "reported: val 6.95 y / 88 %; in spaces: arch, cnn, full" in out
+    assert "recipe: 30 epochs, early stopping patience 20; as a baseline trial the run sets both" in out  # B's own patience
     code, out, _ = run_cli(["presets", "--image-size", "16"], capsys)
-    assert "deep-age-branch          does not fit" in out
+    assert code == 0 and "deep-age-branch          does not fit" in out
 
 
 def _preset_trials(storage: str, study: str) -> list[str]:
