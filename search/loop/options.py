@@ -11,11 +11,12 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import optuna
+from typing import TYPE_CHECKING, Literal
 
 from agesearch.search.errors import UsageError
+
+if TYPE_CHECKING:  # the CLI reads these tables for its help: Optuna loads only when a pruner is made
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ SAMPLERS: dict[str, SamplerChoice] = {
 
 
 def _median(epochs: int, n_baselines: int) -> optuna.pruners.BasePruner:
+    import optuna
+
     # The presets run first and are never pruned (n_startup_trials counts them); after them a
     # trial is compared with the median of the earlier ones from its second epoch on: a bad
     # draw costs 2 epochs, not a third of them (issue 17's A/B, benchmarks/RESULTS.md).
@@ -53,10 +56,14 @@ def _median(epochs: int, n_baselines: int) -> optuna.pruners.BasePruner:
 
 
 def _median_late(epochs: int, n_baselines: int) -> optuna.pruners.BasePruner:
+    import optuna
+
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 3))
 
 
 def _hyperband(epochs: int, n_baselines: int) -> optuna.pruners.BasePruner:
+    import optuna
+
     return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 10), max_resource=epochs, reduction_factor=3)
 
 
@@ -64,7 +71,7 @@ PRUNERS: dict[str, PrunerChoice] = {
     "median": PrunerChoice("median pruner from the second epoch, after the baseline presets finished", _median),
     "median-late": PrunerChoice("median pruner after a third of the epochs (the old default)", _median_late),
     "hyperband": PrunerChoice("Hyperband, rungs from a tenth of the epochs to all, a third kept at each", _hyperband),
-    "none": PrunerChoice("no pruning", lambda epochs, n: optuna.pruners.NopPruner()),
+    "none": PrunerChoice("no pruning", lambda epochs, n: __import__("optuna").pruners.NopPruner()),
 }
 
 
