@@ -292,7 +292,7 @@ def find_model(study: optuna.Study, storage_url: str, *, spec: str | None = None
 
 
 def study_model(study_name: str, storage_url: str | None = None, spec: str | None = None) -> Path:
-    """The local file of a study's best model, for `evaluate --study` and `predict --study`.
+    """The local file of a study's best model, for `evaluate --study` (predict takes a model file only).
 
     Raises:
         StorageError: no such study. UsageError: the study has no saved model.
