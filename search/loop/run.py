@@ -167,11 +167,10 @@ def job_sampler(study: optuna.Study, space, o: RunOptions, image_size: int, arti
 
     def sample(trial: optuna.Trial) -> TrainJob:
         model_cfg, train_cfg = sample_configs(trial, space, image_size, o.epochs)
+        fixed = "preset" in trial.user_attrs or "retry_of" in trial.user_attrs  # enqueued, not drawn
         if hasattr(study.sampler, "decision"):
-            fixed = "preset" in trial.user_attrs or "retry_of" in trial.user_attrs
             trial.set_user_attr("sampled_by", study.sampler.decision(trial.number, fixed))
         # A preset or a retry is never refused: the baselines are what the cap is measured from.
-        fixed = "preset" in trial.user_attrs or "retry_of" in trial.user_attrs
         check_cost(trial, model_cfg, None if fixed else cost_cap(study, o))
         return TrainJob(model_cfg, train_cfg, o.multi, artifacts)
 

@@ -94,10 +94,9 @@ class PerTrialSeedSampler(BaseSampler):
     def decision(self, number: int, fixed: bool) -> str:
         if fixed:
             return "enqueued"
-        name = type(self._current[1]).__name__.removesuffix("Sampler").lower()
         if isinstance(self._current[1], optuna.samplers.TPESampler):
             return "tpe" if self.modelled.get(number) else "random start-up"
-        return name
+        return type(self._current[1]).__name__.removesuffix("Sampler").lower()
 
 
 class IncumbentPerturbation(BaseSampler):
