@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A killed process's trials are found stale after 3 heartbeats: 9 s instead of 30 s in the kill/resume tests.
+os.environ.setdefault("AGESEARCH_HEARTBEAT_SECONDS", "3")
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "utkface-5k"
 

@@ -12,6 +12,8 @@ import fcntl
 import os
 import io
 import math
+import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,21 @@ def finished_study(base: Path) -> StudyFiles:
     )
     (root / "ready").write_text("ok")
     return files
+
+
+def copy_study(files: StudyFiles, dest: Path) -> StudyFiles:
+    """A private copy of the finished study (database and models) that a test may change."""
+    from agesearch.search.store.artifacts import STORE_ATTR
+
+    studies = dest / "studies"
+    studies.mkdir(parents=True)
+    src_db, dest_db = files.root / "studies" / f"{files.name}.db", studies / f"{files.name}.db"
+    with contextlib.closing(sqlite3.connect(src_db)) as src, contextlib.closing(sqlite3.connect(dest_db)) as out:
+        src.backup(out)  # a consistent copy even while other workers read the shared file
+    shutil.copytree(files.root / "studies" / f"{files.name}-artifacts", studies / f"{files.name}-artifacts")
+    copy = StudyFiles(dest, f"sqlite:///{dest_db}", files.name)
+    optuna.load_study(study_name=copy.name, storage=copy.url).set_user_attr(STORE_ATTR, str(studies / f"{files.name}-artifacts"))
+    return copy
 
 
 def hand_made_study(url: str, name: str, *, multi: bool = False, n: int = 8) -> optuna.Study:

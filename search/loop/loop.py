@@ -37,7 +37,7 @@ from agesearch.search.loop.trial import (
     report_epoch,
     tell_outcome,
 )
-from agesearch.search.store.study import active_count, best_trial, finished_count, with_retries
+from agesearch.search.store.study import active_count, best_trial, finished_count, heartbeat_seconds, with_retries
 
 # work(payload, data, reporter) -> TrialOutcome, reporter(epoch, value) -> prune?
 Work = Callable[[Any, Any, Callable[[int, float], bool] | None], TrialOutcome]
@@ -195,7 +195,7 @@ class TrialLoop:
         self.said_waiting = True
         others = [f"#{t.number}" for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         self.say(f"waiting for trial(s) {', '.join(others)} of another process: they hold the last places of --n-trials "
-                 "(a dead process's trials are failed 30 s after their last heartbeat)")
+                 f"(a dead process's trials are failed {3 * heartbeat_seconds()} s after their last heartbeat)")
 
     def fail_stale(self) -> None:
         """Trials whose process stopped sending heartbeats: FAIL, retried by the storage's callback."""

@@ -8,6 +8,7 @@ that retry transient errors (`with_retries`), and the baseline trials of a new s
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import sys
 import time
@@ -63,6 +64,25 @@ def check_storage_url(url: str) -> None:
             raise StorageError(f"bad storage URL {url!r}: {folder} is a file, not a folder")
 
 
+HEARTBEAT_ENV = "AGESEARCH_HEARTBEAT_SECONDS"
+
+
+def heartbeat_seconds() -> int:
+    """Seconds between a running trial's heartbeats (default 10); a trial is stale after 3 of them.
+
+    `AGESEARCH_HEARTBEAT_SECONDS` sets it: shorter finds a killed process's trials sooner (the
+    tests use 2), longer suits a busy shared database.
+    """
+    raw = os.environ.get(HEARTBEAT_ENV, "10")
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise StorageError(f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, not {raw!r}")
+    return seconds
+
+
 def open_storage(url: str, *, heartbeat: bool = True, create_dirs: bool = True, max_retry: int = 1) -> RDBStorage:
     """An RDB storage; SQLite files get WAL (readers never block the writer) and a busy timeout.
 
@@ -87,9 +107,10 @@ def open_storage(url: str, *, heartbeat: bool = True, create_dirs: bool = True, 
         engine_kwargs = {"connect_args": {"timeout": 60}}
     kwargs: dict = {}
     if heartbeat:
+        interval = heartbeat_seconds()
         kwargs = dict(
-            heartbeat_interval=10,
-            grace_period=30,
+            heartbeat_interval=interval,
+            grace_period=3 * interval,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=False),
         )
     try:

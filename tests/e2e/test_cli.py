@@ -18,8 +18,10 @@ from agesearch.models.config import TrainConfig
 from agesearch.spaces import SPACES, SpaceEntry
 from agesearch.models import ModelConfig
 from conftest import run_cli
+from report_study import copy_study
 
 TINY_RUN = ["--epochs", "2", "--image-size", "32", "--limit", "300"]
+SHARED_RUN = ["--epochs", "2", "--image-size", "32", "--limit", "200"]  # report_study's finished search
 USER_ATTRS = {"model_config", "train_config", "objective", "val_age_mae", "val_gender_accuracy", "best_epoch", "epochs_run", "seconds", "params", "history"}
 
 
@@ -28,31 +30,29 @@ def load(study: str, root: Path) -> optuna.Study:
 
 
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory, synthetic_dir):
-    """One end-to-end search: 3 trials of the arch space, 2 epochs, 32 px, on synthetic data."""
-    root = tmp_path_factory.mktemp("e2e")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        code = main(["run", "--space", "arch", "--n-trials", "3", *TINY_RUN])
-    finally:
-        os.chdir(cwd)
-    assert code == 0
-    return root
+def finished_study(finished, tmp_path_factory) -> Path:
+    """A private copy of the session's finished search (report_study: the arch space, 4 trials,
+    2 epochs, 32 px, 200 synthetic images, plus a pruned and a failed trial added by hand)."""
+    return copy_study(finished, tmp_path_factory.mktemp("e2e")).root
+
+
+def searched(study: optuna.Study) -> list:
+    """The trials `agesearch run` made (report_study adds a pruned and a failed one by hand)."""
+    return [t for t in study.trials if "sampled_by" in t.user_attrs]
 
 
 def test_run_writes_trials_with_curves_and_attrs_to_sqlite(finished_study):
-    db = finished_study / "studies" / "arch.db"
+    db = finished_study / "studies" / "rep.db"
     assert db.is_file()
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    study = load("arch", finished_study)
-    assert len(study.trials) == 3
+    study = load("rep", finished_study)
+    assert len(searched(study)) == 4
     meta = study.user_attrs["agesearch"]
-    assert meta["image_size"] == 32 and meta["images"] == 300 and meta["split"] == [0.7, 0.15, 0.15]
+    assert meta["image_size"] == 32 and meta["images"] == 200 and meta["split"] == [0.7, 0.15, 0.15]
     assert meta["space"] == "arch" and len(meta["fingerprint"]) == 16
-    for t in study.trials:
+    for t in searched(study):
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert len(t.intermediate_values) >= 1
         assert list(t.intermediate_values) == list(range(len(t.intermediate_values)))
@@ -65,10 +65,10 @@ def test_run_writes_trials_with_curves_and_attrs_to_sqlite(finished_study):
 def test_run_uploads_each_complete_trials_model_to_the_artifact_store(finished_study):
     from agesearch.search.store.artifacts import find_model, model_artifacts
 
-    study = load("arch", finished_study)
-    assert sorted(p.name for p in (finished_study / "studies").iterdir() if p.is_dir()) == ["arch-artifacts"]  # no best.keras
+    study = load("rep", finished_study)
+    assert sorted(p.name for p in (finished_study / "studies").iterdir() if p.is_dir()) == ["rep-artifacts"]  # no best.keras
     assert [len(model_artifacts(t)) for t in study.trials] == [int(t.state == TrialState.COMPLETE) for t in study.trials]
-    ref = find_model(study, f"sqlite:///{finished_study / 'studies' / 'arch.db'}")
+    ref = find_model(study, f"sqlite:///{finished_study / 'studies' / 'rep.db'}")
     assert ref.trial == study.best_trial.number
     model = keras.saving.load_model(ref.path)
     assert model.output_names == ["age", "gender"] and model.input_shape == (None, 32, 32, 3)
@@ -76,16 +76,17 @@ def test_run_uploads_each_complete_trials_model_to_the_artifact_store(finished_s
 
 def test_run_resumes_to_the_total_keeping_finished_trials(finished_study, capsys, monkeypatch):
     monkeypatch.chdir(finished_study)
-    before = {t.number: (t.params, t.value) for t in load("arch", finished_study).trials}
-    code, out, _ = run_cli(["run", "--space", "arch", "--n-trials", "4", *TINY_RUN], capsys)
+    before = {t.number: (t.params, t.value) for t in load("rep", finished_study).trials}
+    n = len(before)
+    code, out, _ = run_cli(["run", "--space", "arch", "--study", "rep", "--n-trials", str(n + 1), *SHARED_RUN], capsys)
     assert code == 0
-    assert "3 finished, 1 to run" in out
-    trials = load("arch", finished_study).trials
-    assert len(trials) == 4
-    assert {t.number: (t.params, t.value) for t in trials[:3]} == before
+    assert f"{n} finished, 1 to run" in out
+    trials = load("rep", finished_study).trials
+    assert len(trials) == n + 1
+    assert {t.number: (t.params, t.value) for t in trials[:n]} == before
     # Already at the total: nothing more runs.
-    code, out, _ = run_cli(["run", "--space", "arch", "--n-trials", "4", *TINY_RUN], capsys)
-    assert code == 0 and "4 finished, 0 to run" in out and len(load("arch", finished_study).trials) == 4
+    code, out, _ = run_cli(["run", "--space", "arch", "--study", "rep", "--n-trials", str(n + 1), *SHARED_RUN], capsys)
+    assert code == 0 and f"{n + 1} finished, 0 to run" in out and len(load("rep", finished_study).trials) == n + 1
 
 
 def test_run_prints_one_progress_line_per_trial(tmp_path, capsys, monkeypatch, synthetic_dir):
@@ -99,23 +100,23 @@ def test_run_prints_one_progress_line_per_trial(tmp_path, capsys, monkeypatch, s
 
 def test_report_summarises_the_study(finished_study, capsys, monkeypatch):
     monkeypatch.chdir(finished_study)
-    code, out, _ = run_cli(["report", "--study", "arch"], capsys)
+    code, out, _ = run_cli(["report", "--study", "rep"], capsys)
     assert code == 0
-    study = load("arch", finished_study)
+    study = load("rep", finished_study)
     best = study.best_trial
-    assert f"study arch: {len(study.trials)} trials" in out
+    assert f"study rep: {len(study.trials)} trials" in out
     assert f"#{best.number} value {best.value:.4f}" in out
     assert "top 10:" in out and "val_age_mae" in out
 
 
 def test_run_resume_with_other_image_size_fails_cleanly(finished_study, capsys, monkeypatch):
     monkeypatch.chdir(finished_study)
-    n = len(load("arch", finished_study).trials)
-    code, _, err = run_cli(["run", "--space", "arch", "--n-trials", "9", "--epochs", "2", "--image-size", "48", "--limit", "300"], capsys)
+    n = len(load("rep", finished_study).trials)
+    code, _, err = run_cli(["run", "--space", "arch", "--study", "rep", "--n-trials", "9", "--epochs", "2", "--image-size", "48", "--limit", "200"], capsys)
     assert code == 2
     assert err.strip().count("\n") == 0
-    assert "study 'arch' was made with other settings (image_size: study has 32, this run 48)" in err
-    assert len(load("arch", finished_study).trials) == n
+    assert "study 'rep' was made with other settings (image_size: study has 32, this run 48)" in err
+    assert len(load("rep", finished_study).trials) == n
 
 
 def test_run_multi_objective_makes_a_two_direction_study(tmp_path, capsys, monkeypatch, synthetic_dir):
