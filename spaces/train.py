@@ -36,11 +36,16 @@ def sample_training(trial: optuna.Trial) -> TrainConfig:
     )
 
 
+TRAINING_PARAMS = ("optimizer", "learning_rate", "lr_schedule", "batch_size", "age_loss_weight", "age_loss", "age_weighting",
+                   "flip", "rotation", "zoom", "brightness", "translation", "contrast", "precision")
+# The optimisation recipe: what a write-up tuned for its own epochs and image size, and so what
+# least carries over to a run with other ones (the sampler moves these most often).
+RECIPE_PARAMS = ("learning_rate", "lr_schedule", "batch_size", "optimizer")
+
+
 def training_params(t: TrainConfig) -> dict:
     """The `train` parameters that give back `t` (the inverse of `sample_training`)."""
-    names = ("optimizer", "learning_rate", "lr_schedule", "batch_size", "age_loss_weight", "age_loss", "age_weighting",
-             "flip", "rotation", "zoom", "brightness", "translation", "contrast", "precision")
-    return {name: getattr(t, name) for name in names}
+    return {name: getattr(t, name) for name in TRAINING_PARAMS}
 
 
 def train_params(model: ModelConfig, train: TrainConfig) -> dict:

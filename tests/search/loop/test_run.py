@@ -93,6 +93,42 @@ def test_tpe_after_the_baselines_models_them_instead_of_drawing_at_random():
     assert plain.decision(t.number, fixed=False) == "random start-up"
 
 
+def test_perturbations_move_the_training_recipe_more_often_than_the_architecture():
+    """The incumbent's learning rate and schedule move about 4x as often as one of its
+    architecture parameters (sampling.RECIPE_WEIGHT), read from the sampler's own plans."""
+    from collections import Counter
+
+    def space(trial):
+        trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        trial.suggest_categorical("lr_schedule", ["constant", "cosine"])
+        for i in range(8):
+            trial.suggest_int(f"arch_{i}", 1, 8)
+
+    moved: Counter = Counter()
+    plans = 0
+    for seed in range(40):
+        sampler = make_sampler("tpe", seed, n_baselines=2)
+        study = optuna.create_study(sampler=sampler)
+        for value in (0.5, 0.4):
+            study.enqueue_trial({"learning_rate": 1e-3, "lr_schedule": "constant", **{f"arch_{i}": 4 for i in range(8)}})
+            t = study.ask()
+            space(t)
+            study.tell(t, value)
+        for _ in range(5):
+            t = study.ask()
+            space(t)
+            decision = sampler.decision(t.number, fixed=False)
+            if decision.startswith("perturbed #1: "):
+                plans += 1
+                moved.update(decision.removeprefix("perturbed #1: ").split(", "))
+                best = study.trials[1].params
+                assert all(t.params[n] == best[n] for n in best if n not in decision)
+            study.tell(t, 0.6)  # worse: the incumbent stays trial 1
+    assert plans > 100  # 70 % of 200
+    arch = sum(moved[f"arch_{i}"] for i in range(8)) / 8
+    assert moved["learning_rate"] > 2.5 * arch and moved["lr_schedule"] > 2.5 * arch
+
+
 def test_run_search_enqueues_baselines_once_on_a_new_study(in_tmp, monkeypatch, synthetic_dir):
     # A tiny preset: one point of the arch space (drawn here, so it fits whatever arch holds).
     scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
