@@ -38,7 +38,7 @@ class PrunerChoice:
 # The samplers by name. The factories are in loop/sampling.py (they need the study's baselines
 # and the per-trial seeds); this table is what the CLI's choices and help read.
 SAMPLERS: dict[str, SamplerChoice] = {
-    "tpe": SamplerChoice("multivariate grouped TPE; its start-up is the baseline presets, then 70 % of the trials perturb the best trial (its training recipe most often)", True),
+    "tpe": SamplerChoice("multivariate grouped TPE; its start-up is the baseline presets, then 7 in 10 trials perturb the best trial (its training recipe most often)", True),
     "tpe-plain": SamplerChoice("Optuna's default TPE (10 random start-up trials, independent parameters): the old default, for A/B runs", True),
     "random": SamplerChoice("random search", True),
     "cmaes": SamplerChoice("CMA-ES (float and int parameters; categorical ones random)", False),
