@@ -234,8 +234,17 @@ JAX_RUN = textwrap.dedent(
                 raise ImportError("TensorFlow is not installed here")
 
     sys.meta_path.insert(0, NoTensorFlow())
+    from agesearch.models import ModelConfig
+    from agesearch.models.config import TrainConfig
     from agesearch.search.cli import main
-    code = main(["run", "--space", "arch", "--n-trials", "1", "--epochs", "1", "--image-size", "32", "--limit", "120"])
+    from agesearch.spaces import register_space
+
+    @register_space("tiny")  # a small two-branch CNN: XLA compiles a preset for a minute on 2 cores
+    def tiny(trial, image_size):
+        model = ModelConfig(image_size=image_size, shared_blocks=1, age_blocks=1, gender_blocks=1, filters=(8, 16), age_dense=16, gender_dense=16)
+        return model, TrainConfig(learning_rate=trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True))
+
+    code = main(["run", "--space", "tiny", "--n-trials", "1", "--epochs", "1", "--image-size", "16", "--limit", "120"])
     import keras
     print("BACKEND", keras.backend.backend(), "TF", "tensorflow" in sys.modules)
     sys.exit(code)
@@ -250,7 +259,7 @@ def test_run_on_jax_backend_without_tensorflow(tmp_path, synthetic_dir):
     done = subprocess.run([sys.executable, "-c", JAX_RUN], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "BACKEND jax TF False" in done.stdout
-    study = load("arch", tmp_path)
+    study = load("tiny", tmp_path)
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and 0 in trial.intermediate_values
 

@@ -143,6 +143,9 @@ def test_run_enqueues_the_presets_first_once_per_study(in_tmp, capsys):
     assert code == 0, err
     assert "presets enqueued" not in out
     assert _preset_trials(storage, "train") == ["shared-trunk-128-64-32", None, None]
+    from agesearch.search.store.study import BASELINES_KEY
+
+    assert optuna.load_study(study_name="train", storage=storage).user_attrs[BASELINES_KEY] == ["shared-trunk-128-64-32"]
 
 
 def test_run_no_baselines_and_bad_baselines(in_tmp, capsys):

@@ -99,26 +99,9 @@ def _integrity(db: Path) -> str:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def test_run_workers_2_runs_trials_at_once(ray_local, in_tmp, capsys):
-    assert main(["run", *TINY, "--n-trials", "4", "--workers", "2"]) == 0
-    out = capsys.readouterr().out
-    study = _study("sqlite:///studies/train.db")
-    trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    assert _overlap(trials)
-    # Learning curves reached the study from the workers, one value per epoch.
-    assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
-    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 4  # a fresh process per trial
-    # every worker uploaded its model to the study's artifact store and the driver attached it
-    from agesearch.search.store.artifacts import exists, model_artifacts, study_store
-
-    store = study_store(study, "sqlite:///studies/train.db")
-    assert [len(model_artifacts(t)) for t in trials] == [1] * 4
-    assert all(exists(store, model_artifacts(t)[0]["artifact_id"]) for t in trials)
-    assert "4/4 finished: 4 complete, 0 pruned, 0 failed, 0 running" in out
-
-
-def test_run_worker_killed_mid_trial_is_failed_and_retried(ray_local, in_tmp, capsys):
+def test_run_workers_2_runs_trials_at_once_and_retries_a_killed_worker(ray_local, in_tmp, capsys):
+    """Two trials at a time, each in a fresh worker process that uploads its model; the worker of
+    one trial is SIGKILLed mid-trial: that trial is FAIL "worker died" and runs again."""
     url = "sqlite:///studies/train.db"
     killed: list[tuple[int, int]] = []
 
@@ -138,21 +121,33 @@ def test_run_worker_killed_mid_trial_is_failed_and_retried(ray_local, in_tmp, ca
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    assert main(["run", *TINY, "--n-trials", "3", "--workers", "2", "--epochs", "1"]) == 0
+    assert main(["run", *TINY, "--n-trials", "4", "--workers", "2"]) == 0
     thread.join()
+    out = capsys.readouterr().out
     assert killed, "no worker was found to kill"
-    number = killed[0][0]
     study = _study(url)
     trials = study.get_trials()
+    number = killed[0][0]
     failed = trials[number]
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"].startswith("worker died: ")
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == number]
     assert retry.user_attrs["retry_count"] == 1 and retry.state == TrialState.COMPLETE
     assert retry.params == failed.params
-    assert st.finished_count(study) == 3
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
-    assert "its parameters are enqueued again" in capsys.readouterr().out
+    assert "its parameters are enqueued again" in out
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and st.finished_count(study) == 4
+    assert _overlap(complete)
+    # Learning curves reached the study from the workers, one value per epoch.
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in complete)
+    assert len({t.user_attrs["worker"]["pid"] for t in complete} | {killed[0][1]}) == 5  # a fresh process per trial
+    # every worker uploaded its model to the study's artifact store and the driver attached it
+    from agesearch.search.store.artifacts import exists, model_artifacts, study_store
+
+    store = study_store(study, url)
+    assert [len(model_artifacts(t)) for t in complete] == [1] * 4
+    assert all(exists(store, model_artifacts(t)[0]["artifact_id"]) for t in complete)
+    assert "4/4 finished: 4 complete, 0 pruned, 1 failed, 0 running" in out
 
 
 def test_drive_storage_under_load_loses_nothing(ray_local, tmp_path):
@@ -182,7 +177,7 @@ def test_drive_storage_under_load_loses_nothing(ray_local, tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    n = 240
+    n = 120
     stats = drive(
         study,
         sample=lambda t: {"x": t.suggest_float("x", 0.0, 1.0), "steps": 5, "seconds": 0.01},
@@ -305,45 +300,6 @@ def test_drive_interrupt_fails_running_trials_and_enqueues_them_again(ray_local,
         assert retry.state == TrialState.COMPLETE and retry.params == trials[number].params
 
 
-def test_run_driver_killed_mid_search_resumes_to_the_count(tmp_path, cache_dir):
-    db = tmp_path / "studies" / "train.db"
-    cmd = [*AGESEARCH, "run", *TINY, "--n-trials", "4", "--workers", "2"]
-    env = dict(os.environ, AGESEARCH_CACHE_DIR=str(cache_dir))
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before: dict[int, float] = {}
-    try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.3)
-            if not db.exists():
-                continue
-            try:
-                trials = _study(f"sqlite:///{db}").get_trials()
-            except Exception:
-                continue
-            if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
-                first.send_signal(signal.SIGKILL)  # the driver only, as if its machine lost it
-                before = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
-                break
-        assert before, "the driver was not caught mid-search"
-        first.wait(timeout=30)
-    finally:
-        _kill_session(first.pid)  # what Ray's reaper did not end of that run's runtime
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)  # 30 s of heartbeat grace first
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "its process stopped (no heartbeat for the grace period)" in second.stdout
-    study = _study(f"sqlite:///{db}")
-    trials = study.get_trials()
-    assert st.finished_count(study) == 4
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for number, value in before.items():  # nothing finished was lost or changed
-        assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
-    assert len({t.number for t in trials}) == len(trials)
-    stale = [t for t in trials if t.state == TrialState.FAIL]
-    assert stale and all(any(RetryHeartbeatStaleTrialCallback_retried_from(r) == t.number for r in trials) for t in stale)
-    assert _integrity(db) == "ok"
-
-
 @pytest.fixture
 def ray_cluster():
     """`ray start --head` on loopback with its own port, temp dir and token; ended by session.
@@ -389,8 +345,15 @@ def test_run_joins_a_ray_cluster_by_address(ray_cluster, tmp_path, cache_dir):
     assert list((root / "t").glob("session_*/logs/worker-*.out"))
 
 
-def test_run_ctrl_c_on_ray_is_one_line_and_the_resume_reruns_the_trials(tmp_path, cache_dir):
-    cmd = [*AGESEARCH, "run", *TINY, "--epochs", "3", "--n-trials", "3", "--workers", "2", "--pruner", "none"]
+def test_run_on_ray_ctrl_c_then_a_killed_driver_then_a_resume_reaches_the_count(tmp_path, cache_dir):
+    """Three runs of one command on one study:
+    1. Ctrl-C mid-trial: one line, exit 130; the running trials FAIL "interrupted (Ctrl-C)".
+    2. The driver SIGKILLed mid-search (as if its machine lost it): its trials stay RUNNING.
+    3. A resume fails those by their heartbeat, retries them and the interrupted ones with their
+       parameters, and brings the study to its count with nothing finished lost or changed."""
+    db = tmp_path / "studies" / "train.db"
+    url = f"sqlite:///{db}"
+    cmd = [*AGESEARCH, "run", *TINY, "--epochs", "3", "--n-trials", "4", "--workers", "2", "--pruner", "none"]
     env = dict(os.environ, AGESEARCH_CACHE_DIR=str(cache_dir), RAY_AUTH_MODE="disabled")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -404,16 +367,45 @@ def test_run_ctrl_c_on_ray_is_one_line_and_the_resume_reruns_the_trials(tmp_path
     assert first.returncode == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("agesearch: interrupted; running trial(s) #"), err[-2000:]
-    study = _study(f"sqlite:///{tmp_path / 'studies' / 'train.db'}")
+    study = _study(url)
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("fail_reason") == "interrupted (Ctrl-C)"]
     assert interrupted and st.finished_count(study) == sum(t.state == TrialState.COMPLETE for t in study.get_trials())
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)  # 30 s of heartbeat grace first
-    assert second.returncode == 0, second.stderr[-2000:]
-    trials = _study(f"sqlite:///{tmp_path / 'studies' / 'train.db'}").get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+    complete_before = st.finished_count(study)
+    second = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before: dict[int, float] = {}
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and second.poll() is None:
+            time.sleep(0.3)
+            try:
+                trials = _study(url).get_trials()
+            except Exception:
+                continue
+            complete = [t for t in trials if t.state == TrialState.COMPLETE]
+            if len(complete) > complete_before and any(t.state == TrialState.RUNNING for t in trials):
+                second.send_signal(signal.SIGKILL)  # the driver only
+                before = {t.number: t.value for t in complete}
+                break
+        assert before, "the driver was not caught mid-search"
+        second.wait(timeout=30)
+    finally:
+        _kill_session(second.pid)  # what Ray's reaper did not end of that run's runtime
+
+    third = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)  # the heartbeat grace first
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "its process stopped (no heartbeat for the grace period)" in third.stdout
+    study = _study(url)
+    trials = study.get_trials()
+    assert st.finished_count(study) == 4 and sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number, value in before.items():  # nothing finished was lost or changed
+        assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
     for t in interrupted:  # each ran again with its parameters
-        (retry,) = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
-        assert retry.params == t.params and retry.state == TrialState.COMPLETE
+        assert [r for r in trials if r.user_attrs.get("retry_of") == t.number and r.params == t.params]
+    stale = [t for t in trials if t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs]
+    assert stale and all(any(RetryHeartbeatStaleTrialCallback_retried_from(r) == t.number for r in trials) for t in stale)
+    assert _integrity(db) == "ok"
 
 
 @pytest.mark.slow

@@ -21,10 +21,11 @@ from agesearch.search.loop.sampling import make_sampler, trial_seed
 from agesearch.search.loop.trial import exit_on_second_interrupt
 
 AGESEARCH = [str(Path(sys.executable).parent / "agesearch")]
-TINY = ["--space", "arch", "--epochs", "1", "--image-size", "16", "--limit", "120", "--synthetic-count", "200", "--sampler", "random"]
+# The train space without its preset: one small fixed model (arch's random draws cost 4-20 s a trial).
+TINY = ["--space", "train", "--no-baselines", "--epochs", "1", "--image-size", "16", "--limit", "120", "--synthetic-count", "200", "--sampler", "random"]
 
 
-def _load(root: Path, name: str = "arch") -> optuna.Study:
+def _load(root: Path, name: str = "train") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=st.open_storage(f"sqlite:///{root / 'studies' / (name + '.db')}", heartbeat=False, create_dirs=False))
 
 
@@ -129,37 +130,12 @@ def test_perturbations_move_the_training_recipe_more_often_than_the_architecture
     assert moved["learning_rate"] > 2.5 * arch and moved["lr_schedule"] > 2.5 * arch
 
 
-def test_run_search_enqueues_baselines_once_on_a_new_study(in_tmp, monkeypatch, synthetic_dir):
-    # A tiny preset: one point of the arch space (drawn here, so it fits whatever arch holds).
-    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
-    point = scratch.ask()
-    agesearch.spaces.get_space("arch")(point, 16)
-    preset = point.params
-    calls = []
-
-    def baseline_trials(space_name, image_size, names=None):
-        calls.append((space_name, image_size, names))
-        return [("tiny", preset)]
-
-    monkeypatch.setattr(agesearch.spaces, "baseline_trials", baseline_trials)
-    spec = DataSpec(image_size=16, limit=120, synthetic_count=200)
-    study = run_search("arch", data=spec, n_trials=1, epochs=1, sampler="random", live=False)
-    (trial,) = study.trials
-    assert trial.user_attrs["preset"] == "tiny" and trial.params == preset
-    assert study.user_attrs[st.BASELINES_KEY] == ["tiny"]
-    study = run_search("arch", data=spec, n_trials=2, epochs=1, sampler="random", live=False)  # a resume
-    assert ["preset" in t.user_attrs for t in study.trials] == [True, False]
-    study = run_search("arch", data=spec, study_name="none", n_trials=1, epochs=1, sampler="random", baselines=False, live=False)
-    assert "preset" not in study.trials[0].user_attrs and study.user_attrs[st.BASELINES_KEY] == []
-    assert calls == [("arch", 16, None), ("arch", 16, None)]  # baselines=False does not ask
-
-
 def test_run_other_data_seed_is_refused_and_sampler_seed_is_not(in_tmp, synthetic_dir):
     spec = DataSpec(image_size=16, limit=120, synthetic_count=200)
-    run_search("arch", data=spec, n_trials=1, epochs=1, sampler="random", live=False)
+    run_search("train", data=spec, n_trials=1, epochs=1, sampler="random", baselines=False, live=False)
     with pytest.raises(st.StudyMismatch, match=r"seed: study has 0, this run 2; --seed fixes the data split; --sampler-seed"):
-        run_search("arch", data=DataSpec(image_size=16, limit=120, synthetic_count=200, seed=2), n_trials=2, epochs=1, live=False)
-    study = run_search("arch", data=spec, n_trials=2, epochs=1, sampler="random", sampler_seed=2, live=False)
+        run_search("train", data=DataSpec(image_size=16, limit=120, synthetic_count=200, seed=2), n_trials=2, epochs=1, baselines=False, live=False)
+    study = run_search("train", data=spec, n_trials=2, epochs=1, sampler="random", sampler_seed=2, baselines=False, live=False)
     assert len(study.trials) == 2 and len(set(_params(study.trials))) == 2
 
 
