@@ -23,6 +23,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 STUDY = "rep"
+# No pruner, and a FLOPs cap that refuses the one costly draw of the four (3.9 GFLOPs, a minute
+# of training here): three COMPLETE trials (the ensemble tests need three) and one refused.
+RUN = ["--epochs", "2", "--image-size", "32", "--limit", "200", "--pruner", "none", "--max-flops", "5e8"]
 
 
 @dataclass
@@ -48,11 +51,9 @@ def finished(tmp_path_factory, cache_dir) -> StudyFiles:
 
 
 def finished_study(base: Path) -> StudyFiles:
-    """4 searched trials (synthetic, 32 px, 2 epochs) plus a pruned and a failed one.
-
-    The search itself cannot be relied on to prune within 4 trials (the median pruner waits for
-    5), nor to fail, so those two are added the way the objective records them.
-    """
+    """4 searched trials (synthetic, 32 px, 2 epochs; one refused by the FLOPs cap) plus a pruned
+    and a failed one, added the way the loop records them (a search cannot be relied on to prune
+    or fail within 4 trials)."""
     from agesearch.search.cli import main
 
     root = base / "report-study"
@@ -61,7 +62,7 @@ def finished_study(base: Path) -> StudyFiles:
         return files
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["run", "--space", "arch", "--study", STUDY, "--storage", files.url, "--n-trials", "4", "--epochs", "2", "--image-size", "32", "--limit", "200"])
+        rc = main(["run", "--space", "arch", "--study", STUDY, "--storage", files.url, "--n-trials", "4", *RUN])
     assert rc == 0
     study = optuna.load_study(study_name=STUDY, storage=files.url)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]

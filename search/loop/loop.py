@@ -119,8 +119,13 @@ def _heartbeat(storage, trial: optuna.Trial):
     """Optuna's heartbeat thread for one asked trial, as `study.optimize` runs it, so that another
     process fails and retries the trial if this one dies (a null context without heartbeats).
     The helper has no public name; `_trial_id` is the one private field it needs."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
+    from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 
+    if is_heartbeat_enabled(storage):
+        # The thread's first heartbeat comes a moment later, from the thread; a trial without
+        # any is never found stale (Optuna joins on its heartbeat row), so a process killed in
+        # that moment left a RUNNING trial forever. The first one is written here, at once.
+        storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
     return get_heartbeat_thread(trial._trial_id, storage)  # noqa: SLF001
 
 

@@ -217,6 +217,8 @@ def _move(value, dist: BaseDistribution, rng: np.random.Generator):
         return int(min(dist.high, max(dist.low, x)))
     if dist.step is not None:
         x = round((x - lo) / dist.step) * dist.step + lo
+        if math.isclose(x, value):  # less than a step: one step towards the move, as for ints
+            x = value + dist.step if value + dist.step <= hi + 1e-12 else value - dist.step
     return float(min(hi, max(lo, x)))
 
 

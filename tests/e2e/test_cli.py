@@ -18,10 +18,11 @@ from agesearch.models.config import TrainConfig
 from agesearch.spaces import SPACES, SpaceEntry
 from agesearch.models import ModelConfig
 from conftest import run_cli
+import report_study
 from report_study import copy_study
 
 TINY_RUN = ["--epochs", "2", "--image-size", "32", "--limit", "300"]
-SHARED_RUN = ["--epochs", "2", "--image-size", "32", "--limit", "200"]  # report_study's finished search
+SHARED_RUN = report_study.RUN  # the settings of the session's finished search
 USER_ATTRS = {"model_config", "train_config", "objective", "val_age_mae", "val_gender_accuracy", "best_epoch", "epochs_run", "seconds", "params", "history"}
 
 
@@ -32,7 +33,8 @@ def load(study: str, root: Path) -> optuna.Study:
 @pytest.fixture(scope="module")
 def finished_study(finished, tmp_path_factory) -> Path:
     """A private copy of the session's finished search (report_study: the arch space, 4 trials,
-    2 epochs, 32 px, 200 synthetic images, plus a pruned and a failed trial added by hand)."""
+    2 epochs, 32 px, 200 synthetic images, one draw refused by its FLOPs cap, plus a pruned and a
+    failed trial added by hand)."""
     return copy_study(finished, tmp_path_factory.mktemp("e2e")).root
 
 
@@ -52,8 +54,12 @@ def test_run_writes_trials_with_curves_and_attrs_to_sqlite(finished_study):
     meta = study.user_attrs["agesearch"]
     assert meta["image_size"] == 32 and meta["images"] == 200 and meta["split"] == [0.7, 0.15, 0.15]
     assert meta["space"] == "arch" and len(meta["fingerprint"]) == 16
+    refused = [t for t in searched(study) if "refused" in t.user_attrs]
+    assert len(refused) == 1 and refused[0].state == TrialState.PRUNED and not refused[0].intermediate_values
     for t in searched(study):
-        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        if t in refused:
+            continue
+        assert t.state == TrialState.COMPLETE
         assert len(t.intermediate_values) >= 1
         assert list(t.intermediate_values) == list(range(len(t.intermediate_values)))
         assert USER_ATTRS <= set(t.user_attrs) or t.state == TrialState.PRUNED

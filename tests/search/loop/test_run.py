@@ -282,3 +282,22 @@ def test_default_pruner_stops_a_diverged_trial_at_its_second_epoch_and_never_a_p
     assert [run(good_curve), run(good_curve), run(b_curve)] == [None, None, None]  # the three presets finish
     assert run([2.0] * 6) == 1  # learning rate 10: no better than trivial, stopped after epoch 2
     assert run(good_curve) is None
+
+
+@pytest.mark.parametrize("dist, value", [
+    (optuna.distributions.FloatDistribution(0.0, 0.2, step=0.1), 0.0),
+    (optuna.distributions.FloatDistribution(0.0, 0.2, step=0.1), 0.2),
+    (optuna.distributions.IntDistribution(0, 8, step=2), 4),
+    (optuna.distributions.CategoricalDistribution(["a", "b"]), "a"),
+])
+def test_a_perturbation_move_always_changes_the_value(dist, value):
+    """A Gaussian step smaller than the parameter's step still moves it one step (a no-op move
+    would spend a trial on the incumbent again)."""
+    import numpy as np
+
+    from agesearch.search.loop.sampling import _move
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        moved = _move(value, dist, rng)
+        assert moved != value and dist._contains(dist.to_internal_repr(moved))
