@@ -127,7 +127,8 @@ def test_run_resume_with_other_image_size_fails_cleanly(finished_study, capsys, 
 
 def test_run_multi_objective_makes_a_two_direction_study(tmp_path, capsys, monkeypatch, synthetic_dir):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run_cli(["run", "--space", "arch", "--objective", "multi", "--n-trials", "2", "--epochs", "1", "--image-size", "32", "--limit", "150", "--study", "pareto"], capsys)
+    # The train space's preset and one NSGA-II draw (arch's random draws cost 4-20 s each here).
+    code, out, _ = run_cli(["run", "--space", "train", "--objective", "multi", "--n-trials", "2", "--epochs", "1", "--image-size", "16", "--limit", "150", "--study", "pareto"], capsys)
     assert code == 0
     study = load("pareto", tmp_path)
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]

@@ -75,7 +75,9 @@ def test_backbone_trunk_builds_and_trains_one_step(backbone, data):
     cfg = ModelConfig(image_size=32, shared_blocks=0, age_blocks=0, gender_blocks=0, filters=(), backbone=backbone, head="gap", age_dense=16, gender_dense=16)
     model = build_model(cfg)
     assert model.get_layer("backbone") is not None
-    model.compile(optimizer="adam", loss={"age": "mae", "gender": "binary_crossentropy"})
+    # Eagerly: one step on 16 images; tracing MobileNet's training graph would cost half a minute
+    # here, and what is tested is that gradients reach the trunk (fit() compiles the graph elsewhere).
+    model.compile(optimizer="adam", loss={"age": "mae", "gender": "binary_crossentropy"}, run_eagerly=True)
     before = [w.copy() for w in model.get_layer("backbone").get_weights()[:2]]
     model.fit(data.x_train[:16], {"age": data.age_train[:16] / 30, "gender": data.gender_train[:16]}, batch_size=16, epochs=1, verbose=0)
     after = model.get_layer("backbone").get_weights()[:2]
@@ -84,7 +86,23 @@ def test_backbone_trunk_builds_and_trains_one_step(backbone, data):
     assert out["age"].shape == (3, 1) and out["gender"].shape == (3, 1)
 
 
-def test_backbone_freeze_schedule_unfreezes_at_epoch_k(data):
+@pytest.fixture
+def eager_tensorflow():
+    """TensorFlow's functions run eagerly for one test: a few steps of MobileNetV3Small cost less
+    than tracing its training graph twice (frozen, then not). The schedule is the same either way."""
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)
+
+
+def test_backbone_freeze_schedule_unfreezes_at_epoch_k(data, eager_tensorflow):
     cfg = ModelConfig(image_size=32, shared_blocks=0, age_blocks=0, gender_blocks=0, filters=(), backbone="mobilenetv3small", head="gap", age_dense=16, gender_dense=16)
     small = TrainingData(data.x_train[:64], data.age_train[:64], data.gender_train[:64], data.x_val[:32], data.age_val[:32], data.gender_val[:32], data.baselines)
     result = fit(cfg, TrainConfig(epochs=3, freeze_epochs=2, patience=5, batch_size=32), small)

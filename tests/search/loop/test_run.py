@@ -168,13 +168,13 @@ def _start_and_interrupt(cmd, cwd, env) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_and_the_resume_reruns_the_interrupted_trial(tmp_path, cache_dir, synthetic_dir):
-    cmd = [*AGESEARCH, "run", *TINY, "--epochs", "3", "--image-size", "32", "--n-trials", "3", "--pruner", "none"]
+    cmd = [*AGESEARCH, "run", *TINY, "--epochs", "2", "--n-trials", "3", "--pruner", "none"]
     first = _start_and_interrupt(cmd, tmp_path, _env(cache_dir))
     assert first.returncode == 130, first.stderr[-2000:]
     err = [line for line in first.stderr.splitlines() if line.strip()]
     assert err == ["agesearch: interrupted; running trial(s) #1 marked FAIL and enqueued again: they run first, and do not count toward --n-trials, when you run the same command to resume."]
     # Plain per-epoch lines when stdout is not a terminal.
-    assert "  #0 epoch 1/3 val objective " in first.stdout and "  #0 epoch 3/3 val objective " in first.stdout
+    assert "  #0 epoch 1/2 val objective " in first.stdout and "  #0 epoch 2/2 val objective " in first.stdout
     study = _load(tmp_path)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
