@@ -94,3 +94,20 @@ def dashboard_server(argv: list[str], port: int):
 # The session-scoped finished study (4 searched trials, a pruned and a failed one), trained once
 # and shared by the report, browser, artifact and export tests.
 from report_study import finished  # noqa: E402,F401
+
+
+# The longest tests (a minute or more each on 2 cores: several processes, Ray runtimes) start
+# first, so that under `-n 2` none of them is the last thing one worker runs while the other
+# idles; `--dist worksteal` then evens out the rest. Written here: pytest-xdist has no
+# longest-first order. Each uses function- or session-scoped fixtures only, so moving it out of
+# its module sets nothing up twice.
+LONG_FIRST = (
+    "test_run_on_ray_ctrl_c_then_a_killed_driver_then_a_resume_reaches_the_count",
+    "test_ctrl_c_is_one_line_and_the_resume_reruns_the_interrupted_trial",
+    "test_two_processes_on_one_study_share_the_total_and_repeat_nothing",
+    "test_run_joins_a_ray_cluster_by_address",
+)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.originalname not in LONG_FIRST)  # stable: the rest keep their order
