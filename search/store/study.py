@@ -235,7 +235,11 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     if not complete:
         return None
     if len(study.directions) == 1:
-        return study.best_trial
+        # Optuna's `best_trial` (the best feasible trial), computed here from the trials: the
+        # sampler sees the study through HyperbandPruner's bracket view, which has no best_trial.
+        feasible = [t for t in complete if all(v <= 0 for v in (t.constraints or {}).values())] or complete
+        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        return pick(feasible, key=lambda t: t.value)
     front = study.best_trials or complete
     return min(front, key=lambda t: _finite(t.user_attrs.get("objective")))
 

@@ -301,3 +301,21 @@ def test_a_perturbation_move_always_changes_the_value(dist, value):
     for _ in range(50):
         moved = _move(value, dist, rng)
         assert moved != value and dist._contains(dist.to_internal_repr(moved))
+
+
+def test_the_default_sampler_works_under_the_hyperband_pruner():
+    """Hyperband shows the sampler a bracket view of the study without `best_trial`: the
+    incumbent perturbation must find the incumbent without it (it crashed the run before)."""
+    study = optuna.create_study(sampler=make_sampler("tpe", 0, n_baselines=2), pruner=optuna.pruners.HyperbandPruner(1, 9))
+    for x in (0.3, 0.1):
+        study.enqueue_trial({"x": x, "k": 5})
+        t = study.ask()
+        _space(t)
+        study.tell(t, t.params["x"])
+    decisions = []
+    for _ in range(6):
+        t = study.ask()
+        _space(t)
+        decisions.append(study.sampler.decision(t.number, fixed=False))
+        study.tell(t, 0.5)
+    assert any(d.startswith("perturbed #1: ") for d in decisions)  # the best of the two, x=0.1
