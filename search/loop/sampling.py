@@ -212,12 +212,12 @@ def _move(value, dist: BaseDistribution, rng: np.random.Generator):
     if isinstance(dist, IntDistribution):
         step = dist.step
         x = int(round((x - dist.low) / step) * step + dist.low)
-        if x == value:  # an int move of less than a step: one step towards the move
+        if x == value:  # an int move of less than a step: one step up (down at the top)
             x = value + step if value + step <= dist.high else value - step
         return int(min(dist.high, max(dist.low, x)))
     if dist.step is not None:
         x = round((x - lo) / dist.step) * dist.step + lo
-        if math.isclose(x, value):  # less than a step: one step towards the move, as for ints
+        if math.isclose(x, value):  # less than a step: one step up (down at the top), as for ints
             x = value + dist.step if value + dist.step <= hi + 1e-12 else value - dist.step
     return float(min(hi, max(lo, x)))
 
