@@ -47,3 +47,13 @@ def record(title: str, lines: list[str], *, out: str | Path | None = None, table
         path.write_text("# Benchmark results\n\nEvery section was written by the script named in its command line.\n\n")
     with path.open("a") as f:
         f.write(text)
+
+
+def add_data_argument(parser) -> None:
+    """`--data`: the image folder (or 'synthetic'); required unless AGESEARCH_DATA names one.
+
+    No default outside the repository: a benchmark measures the data its caller points it at.
+    """
+    default = os.environ.get("AGESEARCH_DATA")
+    parser.add_argument("--data", default=default, required=default is None,
+                        help="image folder of UTKFace-named faces, or 'synthetic' (default: $AGESEARCH_DATA)")
