@@ -60,18 +60,24 @@ class ExpectedAge(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DLDLLoss(keras.losses.Loss):
-    """Per-image DLDL-v2 loss: KL(label distribution || softmax(logits)) + l1_weight * |E - age| / age_scale.
+    """Per-image DLDL-v2 loss: KL(label distribution || softmax(logits)) + l1_weight * |E - age|, in years.
 
-    `y_true` is the age in years, shape (n,) or (n, 1); `y_pred` the age logits. The L1 term
-    is divided by `age_scale` (the training's years per age unit: the train mean age with
-    `age_output="normalised"`, 1 with "years"), so it is on the regression head's target scale
-    and `age_loss_weight` means about the same for every head; `age_scale=1` is the paper's loss.
+    `y_true` is the age in years, shape (n,) or (n, 1); `y_pred` the age logits. As in the
+    paper (Gao et al. 2018, eq. 8) the L1 term is on the expectation in years with weight
+    lambda = `l1_weight` = 1, whatever the model config's `age_output` says (that setting is
+    the regression head's). The loss is therefore in years-sized units (|E - age| is ~5-10 at
+    the start of training), larger than a normalised regression loss: the same
+    `age_loss_weight` weighs the DLDL head's age loss more than the regression head's.
+
+    `age_scale` is accepted and ignored: losses saved before it stopped dividing the L1 term
+    (a compiled model's config holds it) still deserialize.
     """
 
-    def __init__(self, min_age: int = 0, max_age: int = 116, sigma: float = 2.0, age_scale: float = 1.0, l1_weight: float = 1.0, name: str = "dldl", **kwargs):
+    def __init__(self, min_age: int = 0, max_age: int = 116, sigma: float = 2.0, age_scale: float | None = None, l1_weight: float = 1.0, name: str = "dldl", **kwargs):
         super().__init__(name=name, **kwargs)
+        del age_scale  # ignored; see the docstring
         self.min_age, self.max_age = int(min_age), int(max_age)
-        self.sigma, self.age_scale, self.l1_weight = float(sigma), float(age_scale), float(l1_weight)
+        self.sigma, self.l1_weight = float(sigma), float(l1_weight)
 
     def call(self, y_true, y_pred):
         log_q = label_log_distribution(y_true, self.min_age, self.max_age, self.sigma)
@@ -79,7 +85,7 @@ class DLDLLoss(keras.losses.Loss):
         kl = ops.sum(ops.exp(log_q) * (log_q - log_p), axis=-1)
         # The expectation lives in min_age..max_age, so it is compared with the clipped age.
         age = ops.clip(ops.reshape(ops.cast(y_true, "float32"), (-1,)), float(self.min_age), float(self.max_age))
-        l1 = ops.abs(expected_age(y_pred, self.min_age) - age) / self.age_scale
+        l1 = ops.abs(expected_age(y_pred, self.min_age) - age)  # years, as the paper's
         return kl + self.l1_weight * l1
 
     def get_config(self):
@@ -88,7 +94,6 @@ class DLDLLoss(keras.losses.Loss):
             "min_age": self.min_age,
             "max_age": self.max_age,
             "sigma": self.sigma,
-            "age_scale": self.age_scale,
             "l1_weight": self.l1_weight,
         }
 

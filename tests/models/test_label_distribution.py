@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from agesearch.models import ModelConfig, build_model, inference_model, load_model
+from agesearch.models import ModelConfig, TrainConfig, build_model, inference_model, load_model
 from agesearch.models.label_distribution import DLDLLoss, ExpectedAge, ExpectedAgeMAE, label_log_distribution
 from agesearch.search.data.images import load_faces, split_indices
-from agesearch.search.training.fit import TrainingData
+from agesearch.search.training.fit import TrainingData, age_targets, compile_model, fit
 
 SMALL = dict(image_size=32, shared_blocks=1, age_blocks=1, gender_blocks=1, filters=(8, 16), head="gap", age_dense=16, gender_dense=16)
 
@@ -55,7 +55,7 @@ def test_label_log_distribution_tails_stay_finite_at_the_smallest_sigma():
 
 
 def test_dldl_loss_is_lowest_for_a_distribution_centred_at_the_true_age():
-    loss = DLDLLoss(sigma=2.0, age_scale=30.0)
+    loss = DLDLLoss(sigma=2.0)
     true = np.full(5, 40.0, dtype="float32")
     centres = np.array([40.0, 38.0, 45.0, 25.0, 80.0])
     # Logits whose softmax is the label distribution centred at each `centre`.
@@ -66,12 +66,69 @@ def test_dldl_loss_is_lowest_for_a_distribution_centred_at_the_true_age():
     assert per_image[1] < per_image[2] < per_image[3] < per_image[4]  # further away, higher loss
 
 
-def test_dldl_loss_adds_the_l1_term_on_the_expectation_over_age_scale():
-    # A uniform prediction over 0..116: expectation 58; the L1 term is |58 - 20| / age_scale.
+def _dldl_reference(logits: np.ndarray, ages: np.ndarray, sigma: float, min_age: int = 0) -> np.ndarray:
+    """DLDL-v2 per image in plain numpy: KL(Gaussian label distribution || softmax) + |E - age| in years."""
+    grid = np.arange(min_age, min_age + logits.shape[1], dtype=np.float64)
+    score = -((grid[None, :] - ages[:, None]) ** 2) / (2 * sigma**2)
+    log_q = score - np.log(np.exp(score).sum(axis=1, keepdims=True))
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    kl = (np.exp(log_q) * (log_q - log_p)).sum(axis=1)
+    return kl + np.abs((np.exp(log_p) * grid).sum(axis=1) - ages)
+
+
+def test_dldl_loss_adds_the_l1_term_on_the_expectation_in_years():
+    # A uniform prediction over 0..116: expectation 58; the L1 term is |58 - 20| = 38 years (lambda = 1).
     logits = np.zeros((1, 117), dtype="float32")
-    with_l1 = _np(DLDLLoss(sigma=2.0, age_scale=19.0).call(np.array([20.0]), logits))
-    kl_only = _np(DLDLLoss(sigma=2.0, age_scale=19.0, l1_weight=0.0).call(np.array([20.0]), logits))
-    assert with_l1[0] - kl_only[0] == pytest.approx(2.0, rel=1e-5)
+    with_l1 = _np(DLDLLoss(sigma=2.0).call(np.array([20.0]), logits))
+    kl_only = _np(DLDLLoss(sigma=2.0, l1_weight=0.0).call(np.array([20.0]), logits))
+    assert with_l1[0] - kl_only[0] == pytest.approx(38.0, rel=1e-5)
+    logits = np.random.default_rng(0).normal(0.0, 3.0, (4, 117)).astype("float32")
+    ages = np.array([3.0, 25.0, 47.0, 90.0])
+    np.testing.assert_allclose(_np(DLDLLoss(sigma=3.0).call(ages, logits)), _dldl_reference(logits, ages, 3.0), rtol=1e-4)
+
+
+def test_dldl_loss_from_an_old_config_with_age_scale_loads_and_ignores_it():
+    """Losses saved when the L1 term was divided by `age_scale` still deserialize; the L1 is in years now."""
+    old = {"name": "dldl", "reduction": "sum_over_batch_size", "min_age": 0, "max_age": 116, "sigma": 2.0, "age_scale": 33.0, "l1_weight": 1.0}
+    loss = DLDLLoss.from_config(old)
+    assert not hasattr(loss, "age_scale") and "age_scale" not in loss.get_config()
+    logits = np.zeros((1, 117), dtype="float32")
+    np.testing.assert_allclose(_np(loss.call(np.array([20.0]), logits)), _dldl_reference(logits, np.array([20.0]), 2.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("age_output", ["normalised", "years"])
+def test_compiled_dldl_age_loss_is_kl_plus_l1_in_years_for_either_age_output(age_output):
+    """As search/training compiles it: total = BCE + age_loss_weight * (KL + |E - age|), age_scale not in it."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(**SMALL, age_head="dldl", dldl_sigma=3.0, age_output=age_output)
+    scale = cfg.age_target_scale(33.0)
+    assert scale == (33.0 if age_output == "normalised" else 1.0)
+    model = build_model(cfg)
+    compile_model(model, cfg, TrainConfig(age_loss_weight=0.5), age_scale=scale)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (8, 32, 32, 3)).astype("float32")
+    ages = rng.integers(1, 100, 8).astype("float32")
+    genders = rng.integers(0, 2, 8).astype("float32")
+    logs = model.evaluate(images, {"age": age_targets(cfg, ages, scale), "gender": genders}, batch_size=8, verbose=0, return_dict=True)
+    out = model.predict(images, verbose=0)
+    age_loss = _dldl_reference(out["age"], ages.astype(np.float64), 3.0).mean()
+    p = np.clip(out["gender"].reshape(-1).astype(np.float64), 1e-7, 1 - 1e-7)
+    bce = -np.mean(genders * np.log(p) + (1 - genders) * np.log(1 - p))
+    assert logs["loss"] == pytest.approx(0.5 * age_loss + bce, rel=1e-4)
+    # The "mae" metric is divided by the age scale; times it, the years of the expectation.
+    expectation = _np(ExpectedAge(cfg.dldl_min_age)(out["age"])).reshape(-1)
+    assert logs["age_mae"] * scale == pytest.approx(np.abs(expectation - ages).mean(), rel=1e-4)
+
+
+@pytest.mark.parametrize("age_output", ["normalised", "years"])
+def test_fit_reports_the_dldl_val_age_mae_in_years_for_either_age_output(data, age_output):
+    cfg = ModelConfig(**SMALL, age_head="dldl", age_output=age_output)
+    result = fit(cfg, TrainConfig(epochs=1, flip=False), data, keep_model=True)
+    pred = inference_model(result.model, cfg, data.baselines.age_scale).predict(data.x_val, verbose=0)["age"].reshape(-1)
+    assert result.val_age_mae == pytest.approx(np.abs(pred - data.age_val).mean(), rel=1e-3)
+    assert result.history["val_age_mae"] == [result.val_age_mae]
 
 
 def test_expected_age_layer_and_metric_read_the_expectation_in_years():
@@ -92,7 +149,7 @@ def test_dldl_model_learns_synthetic_better_than_trivial(data):
     model = build_model(cfg)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
-        loss={"age": DLDLLoss(cfg.dldl_min_age, cfg.dldl_max_age, cfg.dldl_sigma, age_scale=scale), "gender": "binary_crossentropy"},
+        loss={"age": DLDLLoss(cfg.dldl_min_age, cfg.dldl_max_age, cfg.dldl_sigma), "gender": "binary_crossentropy"},
         metrics={"age": [ExpectedAgeMAE(cfg.dldl_min_age, scale=scale)], "gender": ["accuracy"]},
     )
     history = model.fit(data.x_train, {"age": data.age_train, "gender": data.gender_train}, validation_data=(data.x_val, {"age": data.age_val, "gender": data.gender_val}), batch_size=32, epochs=2, verbose=0)
@@ -120,8 +177,8 @@ def test_dldl_inference_model_save_load_round_trip(tmp_path):
 
 
 def test_dldl_loss_and_metric_round_trip_through_their_configs():
-    loss = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(DLDLLoss(3, 90, 2.5, age_scale=31.0, l1_weight=0.5)))
-    assert (loss.min_age, loss.max_age, loss.sigma, loss.age_scale, loss.l1_weight) == (3, 90, 2.5, 31.0, 0.5)
+    loss = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(DLDLLoss(3, 90, 2.5, l1_weight=0.5)))
+    assert (loss.min_age, loss.max_age, loss.sigma, loss.l1_weight) == (3, 90, 2.5, 0.5)
     metric = ExpectedAgeMAE.from_config(ExpectedAgeMAE(min_age=3, scale=31.0).get_config())
     assert (metric.name, metric.min_age, metric.scale) == ("mae", 3, 31.0)
 

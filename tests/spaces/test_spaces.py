@@ -106,3 +106,18 @@ def test_space_to_params_gives_back_a_dldl_model(name):
     got_model, got_train = get_space(name)(trial, 32)
     assert got_model == model_cfg and got_train == train_cfg
     assert trial.params["age/head"] == "dldl" and trial.params["age/dldl_sigma"] == 2.5
+
+
+@pytest.mark.parametrize("name", ["arch", "cnn", "full"])
+def test_dldl_sigma_is_sampled_only_with_the_dldl_head(name):
+    """age/dldl_sigma is conditional on age/head == "dldl": other heads never draw it."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for head in ("regression", "coral", "dldl"):
+        study.enqueue_trial({"age/head": head, "backbone": "none"}, skip_if_exists=False)
+    for head in ("regression", "coral", "dldl"):
+        trial = study.ask()
+        model_cfg, _ = get_space(name)(trial, 32)
+        assert model_cfg.age_head == head and ("age/dldl_sigma" in trial.params) == (head == "dldl")
+        if head == "dldl":
+            assert model_cfg.dldl_sigma == trial.params["age/dldl_sigma"] and 1.0 <= model_cfg.dldl_sigma <= 4.0
+        study.tell(trial, 0.0)
