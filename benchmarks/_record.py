@@ -39,7 +39,7 @@ def record(title: str, lines: list[str], *, out: str | Path | None = None, table
     body = [f"## {title} ({stamp})", "", f"- command: `{command}`", f"- machine: {machine()}", *[f"- {l}" for l in lines]]
     if table:
         body += ["", *table]
-    text = "\n".join([*body, "", ""])
+    text = neutral_paths("\n".join([*body, "", ""]))
     print(text)
     path = Path(out) if out is not None else RESULTS
     if not path.exists():
@@ -47,6 +47,17 @@ def record(title: str, lines: list[str], *, out: str | Path | None = None, table
         path.write_text("# Benchmark results\n\nEvery section was written by the script named in its command line.\n\n")
     with path.open("a") as f:
         f.write(text)
+
+
+def neutral_paths(text: str) -> str:
+    """The record without this machine's paths: the checkout as `.`, its parent as `..`, the
+    temporary folder as `$TMPDIR`, the home folder as `~` (RESULTS.md is read on other machines)."""
+    import tempfile
+
+    here = Path(__file__).resolve()
+    for path, name in ((here.parents[1], "."), (here.parents[2], ".."), (Path(tempfile.gettempdir()).resolve(), "$TMPDIR"), (Path.home(), "~")):
+        text = text.replace(str(path).rstrip("/") + "/", name + "/")
+    return text
 
 
 def add_data_argument(parser) -> None:

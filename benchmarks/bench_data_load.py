@@ -1,7 +1,7 @@
 """Dataset load time: cold (decode every JPEG) vs cached (read the uint8 arrays back).
 
 Target (foundation issue): cached >= 20x faster than cold for the 5,000 UTKFace images.
-Usage: python benchmarks/bench_data_load.py [--data ../shared/data/utkface-5k] [--image-size 128]
+Usage: python benchmarks/bench_data_load.py --data DIR [--image-size 128]
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record  # noqa: E402
+from _record import add_data_argument, record  # noqa: E402
 
 from agesearch.search.data.images import load_faces  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"))
+    add_data_argument(p)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()

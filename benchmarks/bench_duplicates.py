@@ -1,6 +1,6 @@
 """Near-duplicates on the 5,000-image UTKFace subset: hashing time, pairs, groups, split effect.
 
-    python benchmarks/bench_duplicates.py [--data ../shared/data/utkface-5k] [--image-size 128]
+    python benchmarks/bench_duplicates.py --data DIR [--image-size 128]
 
 Decodes through the normal cache first (not timed), then times the thumbnails + hashing with
 a cold thumbnail cache, the pair search, and a warm `split_faces`.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import record  # noqa: E402
+from _record import add_data_argument, record  # noqa: E402
 
 from agesearch.search.data.images import load_faces, split_indices  # noqa: E402
 from agesearch.search.data.duplicates import (  # noqa: E402
@@ -35,8 +35,8 @@ from agesearch.search.data.duplicates import (  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_argument(p)
     p.add_argument("--image-size", type=int, default=128)
     args = p.parse_args()
     with warnings.catch_warnings():

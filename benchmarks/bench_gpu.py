@@ -23,7 +23,7 @@ The processes run the same command (`--space arch --sampler random --pruner none
     # here, on CPU, tiny
     python benchmarks/bench_gpu.py --packing 1 2 --seconds 20 --image-size 16 --data synthetic --synthetic-count 200
     # on one GPU
-    python benchmarks/bench_gpu.py --packing 1 2 4 8 --image-size 64 128 --seconds 45 --data .gpudata/utkface-5k
+    python benchmarks/bench_gpu.py --packing 1 2 4 8 --image-size 64 128 --seconds 45 --data DIR
 
 Appends a section with the table to benchmarks/RESULTS.md, or to --out.
 """
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record  # noqa: E402
+from _record import add_data_argument, record  # noqa: E402
 
 CLI = [sys.executable, "-m", "agesearch.search.cli"]
 STUDY = "bench"
@@ -289,7 +289,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=45, help="measuring window per N, once all N run")
     p.add_argument("--n-trials", type=int, default=None, help="passed to each `agesearch run` (default: unbounded; the window ends it)")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--data", default="synthetic", help="image folder, or synthetic")
+    add_data_argument(p)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--synthetic-count", type=int, default=1200)
     p.add_argument("--space", default="arch")

@@ -5,7 +5,7 @@ the same epochs. The bare side is build + compile + fit; the agesearch side is a
 duration as Optuna recorded it (sampling, clear_session, build, fit with the per-epoch
 report and early stopping callbacks, SQLite writes of intermediate values and user attrs,
 saving the best model). Target (foundation issue): overhead <= 10 %.
-Usage: python benchmarks/bench_overhead.py [--data DIR|synthetic] [--image-size 64] [--epochs 3] [--trials 3]
+Usage: python benchmarks/bench_overhead.py --data DIR|synthetic [--image-size 64] [--epochs 3] [--trials 3]
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record  # noqa: E402
+from _record import add_data_argument, record  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"))
+    add_data_argument(p)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--trials", type=int, default=3)

@@ -4,11 +4,11 @@ Each run is a fresh study in a temporary folder, with the same seeded random sam
 runs train the same configs. Search throughput is measured over the trials themselves (first
 start to last finish, from the study), so data loading and Ray's start-up are shown apart.
 
-    python benchmarks/bench_parallel.py                # --workers 1 and 2, 8 trials each
-    python benchmarks/bench_parallel.py --workers 1 2 4 --n-trials 12
+    python benchmarks/bench_parallel.py --data synthetic                # --workers 1 and 2, 8 trials each
+    python benchmarks/bench_parallel.py --data synthetic --workers 1 2 4 --n-trials 12
     # on a GPU machine: 1, 2, 4, 8 trials packed on one GPU, 128 px, the 5,000 images
     python benchmarks/bench_parallel.py --workers 1 2 4 8 --gpus-per-trial-packed --image-size 128 \
-        --data /work/shared/data/utkface-5k --limit 5000 --epochs 5 --n-trials 16
+        --data DIR --limit 5000 --epochs 5 --n-trials 16
 
 Appends its numbers, with the command and the machine, to benchmarks/RESULTS.md.
 """
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record as append_results  # noqa: E402
+from _record import add_data_argument, record as append_results  # noqa: E402
 
 
 def gpu_utilisation_while(proc: subprocess.Popen) -> float | None:
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=400)
-    p.add_argument("--data", default="synthetic", help="image folder, or synthetic")
+    add_data_argument(p)
     p.add_argument("--gpus-per-trial-packed", action="store_true", help="--workers N trials share one GPU (--gpus-per-trial 1/N)")
     args = p.parse_args()
     rows = [run_once(w, args) for w in args.workers]

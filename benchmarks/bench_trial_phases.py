@@ -22,7 +22,7 @@ model on the same arrays, batch size and validation data, with a callback timing
 Target (GPU issue): a trial's steady-state epoch within 1.5x of the bare one.
 
     python benchmarks/bench_trial_phases.py --data synthetic --image-size 32 --epochs 3 --limit 300
-    python benchmarks/bench_trial_phases.py --data /work/shared/data/utkface-5k --image-size 64 --epochs 5
+    python benchmarks/bench_trial_phases.py --data DIR --image-size 64 --epochs 5
 
 Appends a section to benchmarks/RESULTS.md, or to --out.
 """
@@ -43,7 +43,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record  # noqa: E402
+from _record import add_data_argument, record  # noqa: E402
 
 # Run in a fresh interpreter: stamps (wall clock) when the script starts, after the imports and
 # after the first backend op, so that process start, imports and backend init can be told apart.
@@ -195,12 +195,9 @@ def trial_fit(model_cfg, train_cfg, data, save_dir: Path) -> dict:
     result = fit(model_cfg, train_cfg, data, reporter, keep_model=True)
     done = time.perf_counter()
     t = time.perf_counter()
-    try:
-        from agesearch.models import inference_model
+    from agesearch.models import inference_model
 
-        inference_model(result.model, model_cfg, data.baselines.age_scale).save(str(save_dir / "trial.keras"))
-    except (ImportError, TypeError):  # the helper moved or changed: a plain save is the same work
-        result.model.save(str(save_dir / "trial.keras"))
+    inference_model(result.model, model_cfg, data.baselines.age_scale).save(str(save_dir / "trial.keras"))
     saving = time.perf_counter() - t
     epochs = [ends[0] - start] + [b - a for a, b in zip(ends, ends[1:])]
     return {"epochs": epochs, "after": done - ends[-1], "saving": saving, "params": result.params, "val_age_mae": result.val_age_mae}
@@ -225,37 +222,23 @@ def epoch_stamps():
 
 
 def bare_model(model_cfg, train_cfg, data):
-    """The trial's compiled model, built the way `fit` builds it, and its age target scale."""
-    import inspect
+    """The trial's compiled model, built the way `fit` builds it (same losses, metrics, learning
+    rate schedule and decade weights), and its age target scale (1 for an age output in years)."""
     import math
 
-    import keras
+    from agesearch.search.training import fit as training
 
-    from agesearch.search.training import fit
-
-    scale = data.baselines.age_scale
-    if hasattr(model_cfg, "age_target_scale"):  # 1 for an age output in years
-        scale = model_cfg.age_target_scale(scale)
-    if not hasattr(training, "build_trainable"):  # fallback: the same losses and metrics as the trial's compile
-        from agesearch.models import build_model
-
-        model = build_model(model_cfg)
-        model.compile(optimizer=keras.optimizers.Adam(train_cfg.learning_rate), loss={"age": train_cfg.age_loss, "gender": "binary_crossentropy"}, loss_weights={"age": train_cfg.age_loss_weight, "gender": 1.0}, metrics={"age": ["mae"], "gender": ["accuracy"]})
-        return model, scale
-    accepts = inspect.signature(training.build_trainable).parameters
-    kwargs = {"age_scale": scale}
-    if "decay_steps" in accepts:
-        kwargs["decay_steps"] = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
-    if "age_weights" in accepts and hasattr(training, "decade_weights"):
-        kwargs["age_weights"] = training.decade_weights(data.age_train, train_cfg.age_weighting)
-    return training.build_trainable(model_cfg, train_cfg, **kwargs), scale
+    scale = model_cfg.age_target_scale(data.baselines.age_scale)
+    steps = math.ceil(len(data.x_train) / train_cfg.batch_size) * train_cfg.epochs
+    weights = training.decade_weights(data.age_train, train_cfg.age_weighting)
+    return training.build_trainable(model_cfg, train_cfg, age_scale=scale, age_weights=weights, decay_steps=steps), scale
 
 
 def bare_fit(model_cfg, train_cfg, data):
     """`model.fit` of the same compiled model on the same arrays, no agesearch callbacks."""
     import keras
 
-    from agesearch.search.training import fit
+    from agesearch.search.training import fit as training
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(getattr(train_cfg, "precision", "float32"))
@@ -264,9 +247,7 @@ def bare_fit(model_cfg, train_cfg, data):
     build = time.perf_counter() - t
 
     def targets(ages):
-        if hasattr(training, "age_targets"):
-            return training.age_targets(model_cfg, ages, scale)
-        return ages / scale
+        return training.age_targets(model_cfg, ages, scale)
 
     stamps = epoch_stamps()
     val = (data.x_val, {"age": targets(data.age_val), "gender": data.gender_val})
@@ -292,7 +273,7 @@ def steady(xs: list[float]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"), help="image folder, or synthetic")
+    add_data_argument(p)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5, help="epochs of each fit (>= 3 for a steady-state median)")
     p.add_argument("--limit", type=int, default=None, help="use only this many images")

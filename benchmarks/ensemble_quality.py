@@ -171,7 +171,8 @@ def compare_heads(study, trial, seeds: list[int], cache_dir: str | None) -> dict
             print(f"head {head}, seed {seed}: trial {trial.number}'s configs, train ({len(split.train)}) with val ({len(split.val)}) "
                   f"for early stopping, at most {train_cfg.epochs} epochs ...", flush=True)
             keras.utils.set_random_seed(seed)
-            r = fit(cfg, train_cfg, data, None, keep_model=True, early_stopping=True)
+            # The trial's recorded train seed would override this run's: fit() seeds from the config.
+            r = fit(cfg, dataclasses.replace(train_cfg, seed=seed), data, None, keep_model=True, early_stopping=True)
             model = inference_model(r.model, cfg, data.baselines.age_scale)
             age, p_female = predict_age_gender(model, ds.images[split.test])
             m = age_gender_metrics(ds.ages[split.test], ds.genders[split.test], age, p_female)

@@ -42,11 +42,11 @@ time KerasTuner took to reach it (both clocks from their first trial; agesearch'
 as agesearch's trials).
 
 Usage (the full-size run, after search_vs_presets.py on the same machine):
-  python benchmarks/kerastuner_hyperband.py --against benchmarks/timelines/search_vs_presets-default-<time>.json
-  python benchmarks/kerastuner_hyperband.py --budget 1800          # no comparison
+  python benchmarks/kerastuner_hyperband.py --data DIR --against benchmarks/timelines/search_vs_presets-default-<time>.json
+  python benchmarks/kerastuner_hyperband.py --data DIR --budget 1800          # no comparison
 Smoke: python benchmarks/kerastuner_hyperband.py --data synthetic --synthetic-count 300 --epochs 2 \
   --budget 60 --label smoke --out /tmp/kt.md
-Needs keras-tuner (`pip install keras-tuner`).
+Needs keras-tuner (`pip install keras-tuner`, or the `bench` extra); --help works without it.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import RESULTS, record  # noqa: E402
+from _record import RESULTS, add_data_argument, record  # noqa: E402
 
 FILTERS = [16, 32, 64, 128, 256, 512]  # spaces/arch.py's choices
 DENSE = [64, 128, 256, 512]
@@ -74,16 +74,10 @@ TARGET = 0.5  # agesearch reaches KerasTuner's best in at most this fraction of 
 
 
 def agesearch_api() -> SimpleNamespace:
-    """Every agesearch import of this script, in one place: search/ is being reorganised, fix paths here."""
-    try:
-        from agesearch.search.loop.run import DataSpec, load_data
-    except ImportError:
-        from agesearch.search.run import DataSpec, load_data
-    try:
-        from agesearch.search.training.fit import TrialFailed, fit
-    except ImportError:
-        from agesearch.search.training import TrialFailed, fit
+    """Every agesearch import of this script, in one place (they load Keras: after the arguments are parsed)."""
     from agesearch.models.config import ModelConfig, TrainConfig, max_depth
+    from agesearch.search.loop.run import DataSpec, load_data
+    from agesearch.search.training.fit import TrialFailed, fit
 
     return SimpleNamespace(DataSpec=DataSpec, load_data=load_data, fit=fit, TrialFailed=TrialFailed,
                            ModelConfig=ModelConfig, TrainConfig=TrainConfig, max_depth=max_depth)
@@ -222,7 +216,7 @@ def compare(kt_doc: dict, as_doc: dict) -> tuple[list[str], bool | None]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"), help="image folder or 'synthetic'")
+    add_data_argument(p)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=9, help="Hyperband's max_epochs (agesearch's --epochs)")
     p.add_argument("--factor", type=int, default=3, help="Hyperband's reduction factor")
@@ -245,12 +239,9 @@ def main() -> None:
         args.data = str(Path(args.data).resolve())
         if not Path(args.data).is_dir():
             p.error(f"--data: no such folder {args.data}")
-    try:  # Keras first, without TensorFlow's C++ start-up lines, as the CLI does; keras_tuner then finds it loaded
-        from agesearch.search.frameworks import import_keras_quietly
+    from agesearch.search.frameworks import import_keras_quietly
 
-        import_keras_quietly()
-    except ImportError:
-        pass
+    import_keras_quietly()  # Keras first, without TensorFlow's C++ start-up lines, as the CLI does; keras_tuner then finds it loaded
     try:
         import keras_tuner as kt
     except ImportError:

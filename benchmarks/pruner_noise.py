@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,12 +41,14 @@ def candidates(epochs: int, n_presets: int) -> dict:
     import optuna
 
     from agesearch.search.loop.options import PRUNERS
+    from agesearch.search.loop.pruning import MarginMedianPruner
 
+    start = max(n_presets, 3)
     out = {f"{name} (--pruner {name})": (lambda c=c: c.make(epochs, n_presets)) for name, c in PRUNERS.items() if name != "none"}
-    out["median, old (n_warmup_steps=1, no margin)"] = lambda: optuna.pruners.MedianPruner(n_startup_trials=max(n_presets, 3), n_warmup_steps=1)
-    out["percentile 75"] = lambda: optuna.pruners.PercentilePruner(75.0, n_startup_trials=max(n_presets, 3), n_warmup_steps=1)
-    out["patient(median, 2)"] = lambda: optuna.pruners.PatientPruner(
-        optuna.pruners.MedianPruner(n_startup_trials=max(n_presets, 3), n_warmup_steps=1), patience=2)
+    out["percentile 75"] = lambda: optuna.pruners.PercentilePruner(75.0, n_startup_trials=start, n_warmup_steps=1)
+    out["patient(median, 2)"] = lambda: optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=start, n_warmup_steps=1), patience=2)
+    for margin in (0.1, 0.2, 0.3):
+        out[f"median + margin {margin}"] = lambda m=margin: MarginMedianPruner(m, n_startup_trials=start, n_warmup_steps=1)
     return out
 
 
@@ -127,23 +128,38 @@ def main() -> None:
           + (f", {bad.user_attrs.get('fail_reason')}" if bad.state.name == "FAIL" else f", curve {' '.join(f'{v:.3f}' for v in curve(bad))}") for bad in bads],
         "wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()) if wall else "wall: replay only",
     ]
-    table = ["| pruner | reruns of the best preset pruned (epoch) | " + " | ".join(f"{b.user_attrs['bad']}: stopped at epoch" for b in bads)
-             + " | presets pruned against those before them (epoch) |", "|---|---|" + "---|" * len(bads) + "---|"]
+    table = ["| pruner | runs of the best preset pruned against the presets (epoch) | ... against the presets and its other runs | ... against its other runs only | "
+             + " | ".join(f"{b.user_attrs['bad']}: stopped at epoch" for b in bads)
+             + " |", "|---|---|---|---|" + "---|" * len(bads)]
     for label, make in candidates(args.epochs, len(presets)).items():
         pruned = [(t.number, replay(make, presets, curve(t))) for t in reruns]
         hits = [f"#{n} ({e})" for n, e in pruned if e is not None]
+        # As later in a search, when trials as good as the best preset have finished: each run of
+        # it (the preset's own run included) against the presets and all its other runs.
+        runs = [best, *reruns]
+        loo = [(t.number, replay(make, [p for p in presets if p is not best] + [r for r in runs if r is not t], curve(t))) for t in runs]
+        loo_hits = [f"#{n} ({e})" for n, e in loo if e is not None]
+        # The hardest case: every finished trial is as good as it (only its other runs finished).
+        peers = [(t.number, replay(make, [r for r in runs if r is not t], curve(t))) for t in runs]
+        peer_hits = [f"#{n} ({e})" for n, e in peers if e is not None]
         bad_cells = []
         for bad in bads:
-            at = replay(make, presets, curve(bad)) if curve(bad) else None
+            at = replay(make, presets + reruns, curve(bad)) if curve(bad) else None
             bad_cells.append("FAIL at epoch 0 (NaN loss)" if not curve(bad) else ("not stopped" if at is None else str(at)))
-        # Presets as priors: each preset against the presets before it (as if not protected).
-        order = sorted(presets, key=lambda t: t.number)
-        preset_hits = []
-        for i, t in enumerate(order):
-            e = replay(make, order[:i], curve(t))
-            if e is not None:
-                preset_hits.append(f"{t.user_attrs['preset']} ({e}){' BEST' if t is best else ''}")
-        table.append(f"| {label} | {len(hits)} of {len(reruns)}{': ' + ', '.join(hits) if hits else ''} | {' | '.join(bad_cells)} | {', '.join(preset_hits) or 'none'} |")
+        table.append(f"| {label} | {len(hits)} of {len(reruns)}{': ' + ', '.join(hits) if hits else ''} | "
+                     f"{len(loo_hits)} of {len(runs)}{': ' + ', '.join(loo_hits) if loo_hits else ''} | "
+                     f"{len(peer_hits)} of {len(runs)}{': ' + ', '.join(peer_hits) if peer_hits else ''} | {' | '.join(bad_cells)} |")
+    # Presets as priors, not sacred: each preset against the finished presets before it, under the
+    # default rule from the first finished one (as if presets were not protected).
+    from agesearch.search.loop.pruning import MarginMedianPruner
+
+    order = sorted(presets, key=lambda t: t.number)
+    stops = [(t, replay(lambda: MarginMedianPruner(n_startup_trials=1, n_warmup_steps=1), order[:i], curve(t))) for i, t in enumerate(order)]
+    total = sum(len(curve(t)) for t in order)
+    saved = sum(len(curve(t)) - (e + 1) for t, e in stops if e is not None)
+    lines.append("presets as priors (each preset pruned by the default rule against the presets finished before it): "
+                 + (", ".join(f"{t.user_attrs['preset']} at epoch {e}" + (" (the BEST preset)" if t is best else "") for t, e in stops if e is not None) or "none stopped")
+                 + f"; {saved} of the presets' {total} epochs saved")
     record(f"Pruner on seed noise: the best preset rerun {len(reruns)} times, cnn at {args.image_size} px", lines, out=args.out, table=table)
 
 

@@ -12,7 +12,7 @@ the best trial scores the test split. Records:
   - the exported model's test metrics;
   - which targets were met: preset B (deep-age-branch) <= 7.0 y and >= 0.87; the search >= 0.5 y
     under the best preset at equal or better accuracy; test <= 6.0 y and >= 91 %.
-Usage: python benchmarks/quality_utkface.py [--space cnn] [--image-size 64] [--epochs 30]
+Usage: python benchmarks/quality_utkface.py --data DIR [--space cnn] [--image-size 64] [--epochs 30]
        [--processes 4] [--budget 300] [--out FILE]
 """
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record  # noqa: E402
+from _record import add_data_argument, record  # noqa: E402
 
 B = "deep-age-branch"
 
@@ -77,7 +77,7 @@ def line(t) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"))
+    add_data_argument(p)
     p.add_argument("--space", default="cnn")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=30)

@@ -9,7 +9,7 @@ both sizes on the same split, and records both val objectives, the Spearman rank
 (pandas' rank-then-Pearson) and the time per config at each size.
 
 Usage: python benchmarks/rung_image_size.py [--space cnn] [--small 16] [--large 32] [--configs 10]
-       [--epochs 3] [--data DIR] [--limit N]
+       [--epochs 3] --data DIR [--limit N]
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import record  # noqa: E402
+from _record import add_data_argument, record  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"))
+    add_data_argument(p)
     p.add_argument("--space", default="cnn")
     p.add_argument("--small", type=int, default=16)
     p.add_argument("--large", type=int, default=32)

@@ -67,10 +67,11 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import RESULTS, record  # noqa: E402
+from _record import RESULTS, add_data_argument, record  # noqa: E402
 
 MANAGED = ("--space", "--data", "--study", "--storage", "--n-trials", "--timeout", "--epochs", "--image-size", "--backbone-weights", "--no-baselines")
 TARGET = 0.05  # the best searched trial's val objective at least this fraction under the best preset's
+TEST_TARGET_YEARS = 0.3  # issue 22: the searched config's refit beats the preset's by this much test age MAE (mean of the seeds)
 
 
 def agesearch_exe() -> list[str]:
@@ -160,22 +161,39 @@ def best_so_far(rows: list[dict]) -> list[dict]:
     return curve
 
 
-def export(exe: list[str], work: Path, study_name: str, url: str, number: int, extra: list[str]) -> dict:
-    """`agesearch export --trial N --refit-on-train-val`; the model card's test metrics and timing."""
-    out = work / "exports" / f"trial-{number}.keras"
+def export(exe: list[str], work: Path, study_name: str, url: str, number: int, extra: list[str], seed: int | None = None,
+           flags: tuple[str, ...] = ()) -> dict:
+    """`agesearch export --trial N --refit-on-train-val [--seed S] FLAGS`; the model card's test metrics and timing."""
+    name = f"trial-{number}" + ("" if seed is None else f"-seed{seed}")
+    out = work / "exports" / f"{name}.keras"
     out.parent.mkdir(exist_ok=True)
-    cmd = [*exe, "export", "--study", study_name, "--storage", url, "--trial", str(number), "--refit-on-train-val", "--out", str(out)]
+    cmd = [*exe, "export", "--study", study_name, "--storage", url, "--trial", str(number), "--refit-on-train-val", "--out", str(out), *flags]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
     cache = option_value(extra, "--cache-dir")
     if cache:
         cmd += ["--cache-dir", cache]
     start = time.perf_counter()
     p = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    (work / f"export-{number}.log").write_text(p.stdout + p.stderr)
+    (work / f"export-{name}.log").write_text(p.stdout + p.stderr)
     if p.returncode:
         return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1], "seconds": seconds}
     card = json.loads(out.with_suffix(".json").read_text())
-    return {"test": card["test_metrics"], "epochs": card["training"]["epochs_run"], "seconds": seconds}
+    return {"test": card["test_metrics"], "epochs": card["training"]["epochs_run"], "seconds": seconds, "seed": card["training"].get("seed")}
+
+
+def over_seeds(runs: list[dict]) -> dict | None:
+    """Mean and sd over the seeds of the test age MAE and gender accuracy (None when a run failed)."""
+    import statistics
+
+    if not runs or any("test" not in r for r in runs):
+        return None
+    mae = [r["test"]["age_mae"] for r in runs]
+    acc = [r["test"]["gender_accuracy"] for r in runs]
+    sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+    return {"age_mae": mae, "gender_accuracy": acc, "age_mae_mean": statistics.mean(mae), "age_mae_sd": sd(mae),
+            "gender_accuracy_mean": statistics.mean(acc), "gender_accuracy_sd": sd(acc)}
 
 
 def describe(r: dict) -> str:
@@ -189,13 +207,14 @@ def main() -> None:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-5k"), help="image folder or 'synthetic'")
+    add_data_argument(p)
     p.add_argument("--space", default="cnn")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=9)
     p.add_argument("--budget-units", type=float, default=10.0, help="the search's wall budget in U (the best preset's trial time), presets included")
     p.add_argument("--label", default="default", help="names this run in RESULTS.md and the timeline (A/B runs of different defaults)")
     p.add_argument("--no-export", action="store_true", help="skip the two refits on train+val and their test metrics")
+    p.add_argument("--seeds", type=int, default=3, help="refit the best preset and the best searched trial with seeds 0..N-1, paired by seed (default 3)")
     p.add_argument("--workdir", help="keep the study, logs and exports here (default: a new temporary folder)")
     p.add_argument("--timeline", help="JSON timeline to write (default: benchmarks/timelines/search_vs_presets-<label>-<time>.json, next to the record)")
     p.add_argument("--out", help="markdown file to append to (default: benchmarks/RESULTS.md)")
@@ -266,12 +285,14 @@ def main() -> None:
     met = bs is not None and bs["value"] <= (1 - TARGET) * bp["value"]
     gain = None if bs is None else (bp["value"] - bs["value"]) / bp["value"]
 
-    exports = {}
+    exports: dict[str, list[dict]] = {}
     if not args.no_export:
         for role, r in (("best preset", bp), ("best searched", bs)):
             if r is not None:
-                print(f"export: {role} trial {r['number']} (refit on train+val) ...", flush=True)
-                exports[role] = export(exe, work, study_name, url, r["number"], extra)
+                for seed in range(args.seeds):
+                    print(f"export: {role} trial {r['number']} (refit on train+val, seed {seed}) ...", flush=True)
+                    exports.setdefault(role, []).append(export(exe, work, study_name, url, r["number"], extra, seed=seed))
+    summary = {role: over_seeds(runs) for role, runs in exports.items()}
 
     meta = study.user_attrs.get("agesearch", {})
     b = meta.get("baselines", {})
@@ -291,14 +312,14 @@ def main() -> None:
         "u_s": u_s, "u_source": "best preset trial's datetime_complete - datetime_start", "u_fit_seconds": best_preset.user_attrs.get("seconds"),
         "budget_units": args.budget_units, "budget_s": budget_s, "presets_end_s": presets_end_s, "gap_s": gap_s, "end_s": end_s,
         "phase1_process_s": phase1_s, "phase2_process_s": phase2_s, "timeout_s": left if phase2_cmd else None,
-        "best_preset": bp, "best_searched": bs, "first_beat_s": first_beat_s, "target_met": met, "exports": exports,
+        "best_preset": bp, "best_searched": bs, "first_beat_s": first_beat_s, "target_met": met, "exports": exports, "test_over_seeds": summary,
         "trials": rows, "best_so_far": best_so_far(counted),
     }
     path.write_text(json.dumps(doc, indent=1, default=str))
 
     U = lambda s: f"{s:.0f} s = {s / u_s:.2f} U"  # noqa: E731
     lines = [
-        f"label **{args.label}**; data {doc['data']} (limit {doc['limit']}), split {doc['split_sizes']}, trivial val age MAE {b.get('mae_trivial', float('nan')):.2f} y, gender error {b.get('error_trivial', float('nan')):.3f}",
+        f"label **{args.label}**; data {Path(str(doc['data'])).name} (limit {doc['limit']}), split {doc['split_sizes']}, trivial val age MAE {b.get('mae_trivial', float('nan')):.2f} y, gender error {b.get('error_trivial', float('nan')):.3f}",
         f"runs: `agesearch {shlex.join(phase1_cmd[len(exe):])}`, then the same with "
         + (f"`--n-trials 100000 --timeout {left:.0f}`" if phase2_cmd else f"the search not run: the presets used the whole budget ({left:.0f} s left)"),
         f"U = {u_s:.1f} s (wall time of the best preset's trial #{bp['number']}, {bp['preset']}; its fit alone {best_preset.user_attrs.get('seconds', float('nan')):.1f} s); budget {args.budget_units:g} U = {budget_s:.0f} s from the first trial's start",
@@ -309,15 +330,29 @@ def main() -> None:
         f"best searched trial {describe(bs)}; params {study.trials[bs['number']].params}" if bs else "best searched trial: none completed inside the budget",
         "first searched trial under the best preset's objective: " + (f"at {U(first_beat_s)}" if first_beat_s is not None else "never inside the budget"),
     ]
-    for role, e in exports.items():
-        if "test" in e:
-            lines.append(f"export {role} (refit on train+val, {e['epochs']} epochs, {e['seconds']:.0f} s): test age MAE {e['test']['age_mae']:.2f} y, test gender accuracy {e['test']['gender_accuracy']:.3f} (n={e['test']['n']})")
-        else:
-            lines.append(f"export {role}: failed: {e['error']}")
-    lines.append(f"timeline: {path}")
+    for role, runs in exports.items():
+        for e in runs:
+            if "test" in e:
+                lines.append(f"export {role}, seed {e['seed']} (refit on train+val, {e['epochs']} epochs, {e['seconds']:.0f} s): test age MAE {e['test']['age_mae']:.2f} y, test gender accuracy {e['test']['gender_accuracy']:.3f} (n={e['test']['n']})")
+            else:
+                lines.append(f"export {role}: failed: {e['error']}")
+        if summary.get(role):
+            m = summary[role]
+            lines.append(f"**{role}, test over {len(runs)} seeds: age MAE {m['age_mae_mean']:.2f} ± {m['age_mae_sd']:.2f} y, gender accuracy {m['gender_accuracy_mean']:.3f} ± {m['gender_accuracy_sd']:.3f}**")
+    lines.append(f"timeline: {os.path.relpath(path, RESULTS.parent)}")
     verdict = (f"target (best searched trial >= {TARGET:.0%} lower than the best preset on the val objective within {args.budget_units:g} U): "
                f"{'**met**' if met else '**NOT met**'} ({'no searched trial' if gain is None else f'{gain:+.1%}'})")
     lines.append(verdict)
+    sp, ss = summary.get("best preset"), summary.get("best searched")
+    if sp and ss:
+        diffs = [a - b for a, b in zip(sp["age_mae"], ss["age_mae"])]
+        test_met = sp["age_mae_mean"] - ss["age_mae_mean"] >= TEST_TARGET_YEARS and ss["gender_accuracy_mean"] >= sp["gender_accuracy_mean"]
+        test_verdict = (f"target on test (best searched refit beats the best preset refit by >= {TEST_TARGET_YEARS} y age MAE, mean of {len(diffs)} seeds, "
+                        f"gender accuracy not worse): {'**met**' if test_met else '**NOT met**'} (paired by seed, preset minus searched: "
+                        f"{', '.join(f'{d:+.2f}' for d in diffs)} y; mean {sp['age_mae_mean'] - ss['age_mae_mean']:+.2f} y; gender "
+                        f"{ss['gender_accuracy_mean'] - sp['gender_accuracy_mean']:+.3f})")
+        lines.append(test_verdict)
+        verdict += "\n" + test_verdict
     record(f"Search vs its presets [{args.label}]: {args.space} at {args.image_size} px, {args.epochs} epochs, {args.budget_units:g} U", lines, out=args.out)
     print(verdict)
 

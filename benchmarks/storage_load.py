@@ -56,6 +56,13 @@ def sleep_work(payload: dict, data, reporter):
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--n-trials", type=int, default=400)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--step-seconds", type=float, default=0.01)
+    args = p.parse_args()
+
     import optuna
     import ray
     from optuna.trial import TrialState
@@ -63,12 +70,6 @@ def main() -> None:
     from agesearch.search.loop.ray_executor import drive
     from agesearch.search.store.study import open_storage
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=16)
-    p.add_argument("--n-trials", type=int, default=400)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--step-seconds", type=float, default=0.01)
-    args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         url = f"sqlite:///{tmp}/load.db"

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import optuna
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _record import record  # noqa: E402
@@ -34,10 +32,12 @@ def longest_wait(curve: list[float]) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("db")
-    p.add_argument("--study")
-    p.add_argument("--out")
+    p.add_argument("db", help="the study's SQLite file")
+    p.add_argument("--study", help="study name (default: the first in the file)")
+    p.add_argument("--out", help="markdown file to append to (default: benchmarks/RESULTS.md)")
     args = p.parse_args()
+    import optuna  # after the arguments: --help stays quick
+    import pandas as pd
     storage = f"sqlite:///{Path(args.db).resolve()}"
     name = args.study or optuna.get_all_study_names(storage)[0]
     study = optuna.load_study(study_name=name, storage=storage)

@@ -11,7 +11,6 @@ POOLINGS = ("max", "avg")
 HEADS = ("flatten", "gap")
 AGE_ACTIVATIONS = ("linear", "relu")
 FILTER_ORDERS = ("increasing", "decreasing", "constant")
-KERNEL_SIZES = (3, 5, 7)
 AGE_HEADS = ("regression", "coral", "dldl")
 AGE_OUTPUTS = ("normalised", "years")
 # Keras applications usable as the shared trunk, with the smallest input side each accepts.
@@ -240,6 +239,7 @@ class TrainConfig:
     steps_per_execution: int = 1  # batches per compiled call: fewer host round trips, a longer compile
     freeze_epochs: int = 0  # with a backbone: epochs with it frozen before fine-tuning it
     finetune_lr_factor: float = 0.1  # learning rate multiplier once the backbone is unfrozen
+    seed: int | None = None  # Keras' global seed (weights, shuffling, augmentation, dropout); None = unseeded
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -268,6 +268,8 @@ class TrainConfig:
             raise _invalid("freeze_epochs", "must be >= 0", self.freeze_epochs)
         if not 0 < self.finetune_lr_factor <= 1:
             raise _invalid("finetune_lr_factor", "must be in (0, 1]", self.finetune_lr_factor)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32):
+            raise _invalid("seed", "must be an integer in [0, 2**32) or None", self.seed)
 
     @property
     def early_stopping_patience(self) -> int:

@@ -22,8 +22,39 @@ from agesearch.search.frameworks import import_keras_quietly, quiet_environment
 quiet_environment()  # before anything imports TensorFlow, whichever command runs
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends in its default, unless there is none to show: a default of None or
+    False (a flag) adds nothing, nor does a help that already says its default in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "(default" in text or "%(default)" in text:
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def version() -> str:
+    """`agesearch X.Y.Z`: the installed distribution's version, else the package's own."""
+    from importlib import metadata
+
+    try:
+        number = metadata.version("agesearch")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        from agesearch import __version__ as number
+    return f"agesearch {number}"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line (no usage dump) and exits 2."""
+    """argparse that reports a bad option in one line (no usage dump) and exits 2; every
+    command's help shows its options' defaults (HelpFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -104,25 +135,29 @@ DATA_HELP = "folder of AGE_GENDER_RACE_DATETIME.jpg.chip.jpg images, or 'synthet
 # override a default, `required` or the help (which is why these are not argparse parent
 # parsers: a parent fixes all three for every command).
 OPTIONS: dict[str, dict] = {
-    "--study": dict(help="study name"),
+    "--study": dict(metavar="NAME", help="study name"),
     "--storage": dict(help="Optuna storage URL (default: sqlite:///studies/<study>.db)"),
     "--cache-dir": dict(type=Path, help="decoded-image cache (default: $AGESEARCH_CACHE_DIR or ~/.cache/agesearch)"),
     "--data": dict(required=True, help=DATA_HELP),
     "--image-size": dict(type=image_size, default=128, help="images are resized to this many pixels square"),
     "--limit": dict(type=positive_int, help="use only this many images (a seeded random subset)"),
     "--seed": dict(type=int, default=0, help="data seed: the split and the --limit subset (the sampler seeds derive from it unless --sampler-seed)"),
-    "--epochs": dict(type=positive_int, default=30, help="most epochs per trial (early stopping may end sooner; pruning starts after a third)"),
+    "--epochs": dict(type=positive_int, default=30, help="most epochs per trial (early stopping may end sooner; the pruner may stop a trial from its second epoch, see --pruner)"),
     "--model": dict(type=Path, required=True, help=".keras model file (from `agesearch export`)"),
     "--json": dict(action="store_true", help="print JSON instead of text"),
     "--artifacts": dict(metavar="DIR|s3://BUCKET/PREFIX", help="Optuna artifact store of the trials' models (default: the one the study recorded, else studies/<study>-artifacts/; S3 needs the s3 extra)"),
 }
 
 
+# Other spellings of a shared option (same dest): Optuna calls a study's name `study_name`.
+ALIASES: dict[str, tuple[str, ...]] = {"--study": ("--study", "--study-name")}
+
+
 def _add(parser: argparse.ArgumentParser, *options: str | tuple[str, dict]) -> None:
     """Add shared options by name; `(name, {key: value})` overrides one command's settings."""
     for option in options:
         name, overrides = (option, {}) if isinstance(option, str) else option
-        parser.add_argument(name, **(OPTIONS[name] | overrides))
+        parser.add_argument(*ALIASES.get(name, (name,)), **(OPTIONS[name] | overrides))
 
 
 def build_parser() -> Parser:
@@ -134,6 +169,7 @@ def build_parser() -> Parser:
         "  optuna-dashboard sqlite:///studies/arch.db",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=version(), help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for add in (_add_run, _add_report, _add_dashboard, _add_spaces, _add_presets, _add_data, _add_export, _add_evaluate, _add_predict):
         add(sub)
@@ -149,7 +185,6 @@ def _add_run(sub) -> None:
         help="run (or resume) a search; trials land in studies/<study>.db",
         description="Run or resume an Optuna study. --n-trials is the study's total: running the "
         "same command again after an interruption finishes the remaining trials.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     r.add_argument("--space", required=True, help="search space: arch, train, cnn, full or ablate (`agesearch spaces` lists them; `agesearch presets` the baseline models each holds)")
     _add(r, ("--data", dict(required=False, default="synthetic")), ("--study", dict(help="study name (default: the space name)")), "--storage")
@@ -239,7 +274,7 @@ def _add_report(sub) -> None:
         description="Write one self-contained HTML report of a study (plots, ablation tables, the best "
         "model's predictions) and print the summary and ablation tables. Works while the search runs.",
     )
-    _add(rep, ("--study", dict(default="arch")), "--storage")
+    _add(rep, ("--study", dict(help="study name (default: the only study in --storage, else in the only studies/*.db there is)")), "--storage")
     rep.add_argument("--out", type=Path, help="HTML file to write (default: studies/<study>-report.html, next to the study's database)")
     rep.add_argument("--csv", type=Path, help="also write every trial (params, state, values, metrics) to this CSV file")
     rep.add_argument("--no-predictions", action="store_true", help="skip the best model's predictions (no Keras, no images)")
@@ -251,7 +286,10 @@ def cmd_report(args) -> int:
     from agesearch.search.store import study as st
     from agesearch.search.store.artifacts import models_dir
 
-    url = args.storage or st.default_storage(args.study)
+    if args.study is None:
+        args.study, url = st.only_study(args.storage)
+    else:
+        url = args.storage or st.default_storage(args.study)
     study = st.load_existing(args.study, url)
     if not study.get_trials(deepcopy=False):
         raise UsageError(f"study {args.study!r} in {url} has no trials yet; nothing to report")
@@ -378,7 +416,6 @@ def _add_data(sub) -> None:
         help="images, malformed names, unreadable files, histograms, near-duplicate pairs",
         description="Check a folder of UTKFace-named images: counts, malformed names, unreadable files, age/gender/race "
         "histograms, and near-duplicate pairs (perceptual hash) with their labels, disagreeing labels flagged.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add(chk, "--data", ("--image-size", dict(help="images are decoded at this size (as `agesearch run` does) before hashing")))
     _add(chk, ("--limit", dict(help="check only this many images (a seeded random subset)")))
@@ -400,22 +437,27 @@ def cmd_data_check(args) -> int:
 def _add_export(sub) -> None:
     ex = sub.add_parser(
         "export",
-        help="retrain the best (or a chosen) trial, or average the top K, save a .keras model and a JSON card, print test metrics",
+        help="retrain the best (or a chosen) trial, or build an ensemble chosen on val, save a .keras model and a JSON card, print test metrics",
         description="Rebuild a trial's configs, retrain on the study's train split (val for early stopping), save an "
         "inference model (age in years, P(female)) as .keras plus a JSON model card next to it, and print the "
         "test-split metrics. Default trial: the best one (multi-objective: the lowest combined objective on the Pareto front). "
-        "With --ensemble K: one model averaging the stored models of the top K distinct COMPLETE trials (no retraining "
-        "unless --refit-on-train-val), shown beside the best single model on the test split.",
+        "With --ensemble K: one model averaging at most K members chosen by greedy selection on val from the stored models "
+        "(no retraining unless --refit-on-train-val, optionally at another --image-size), shown beside the best single model on the test split.",
     )
     _add(ex, ("--study", dict(required=True)), "--storage")
     ex.add_argument("--trial", type=int, help="trial number to export (default: the best); not with --ensemble")
-    ex.add_argument("--ensemble", type=positive_int, metavar="K", help="average the top K COMPLETE trials, one per configuration, from their stored models (the study's artifact store)")
+    ex.add_argument("--ensemble", type=positive_int, metavar="K", help="average at most K picks by greedy ensemble selection on val (Caruana et al. 2004): from the best stored model, "
+                    "add (with replacement) the COMPLETE trial that most lowers the val objective of the average, only while it does; "
+                    "candidates: the best max(2K, 10) trials with a stored model (the study's artifact store), one per configuration")
     ex.add_argument("--tta", choices=["flip"], help="test-time augmentation saved in the model: 'flip' averages each image and its horizontal mirror (with or without --ensemble)")
     _add(ex, ("--epochs", dict(default=None, help="most epochs (default: the trial's); with --refit-on-train-val, exactly this many")))
     ex.add_argument("--out", type=Path, help="model file (default: studies/<study>/model.keras); the card goes next to it as .json")
     ex.add_argument("--refit-on-train-val", action="store_true", help="train on train+val for the trial's best epoch count (best_epoch+1), no early stopping; "
                     "with --ensemble, each member so, instead of its stored model")
-    _add(ex, ("--seed", dict(help="seed of the weight initialisation and shuffling")), "--cache-dir")
+    _add(ex, ("--image-size", dict(default=None, help="retrain at this many pixels square instead of the searched size (search small, train big): "
+                                    "the study's images and split decoded at that size; with --ensemble it needs --refit-on-train-val")))
+    _add(ex, ("--seed", dict(default=None, help="seed of the weight initialisation, shuffling, augmentation and dropout (default: the one the search "
+                                                "trained the trial with, 0 for trials made before trials were seeded)")), "--cache-dir")
     _add(ex, ("--artifacts", dict(help="artifact store of the trials' models, for --ensemble (default: the one the study recorded, else studies/<study>-artifacts/)")))
     ex.set_defaults(handler=cmd_export, optuna=True)
 
@@ -423,31 +465,35 @@ def _add_export(sub) -> None:
 def cmd_export(args) -> int:
     """`agesearch export`: retrain (or, with --ensemble, average stored models), save model + card, print the test-split metrics."""
     from agesearch.search.store.artifacts import models_dir
-    from agesearch.search.report.export import MODEL_FILE, check_out_path, export_trial, format_side_by_side, open_study, pick_trial
+    from agesearch.search.report.export import MODEL_FILE, check_out_path, export_trial, format_side_by_side, open_study, pick_trial, resized_config
     from agesearch.search.training.metrics import format_metrics
 
     if args.ensemble is not None and args.trial is not None:
-        raise UsageError("--trial and --ensemble exclude each other (--ensemble takes the top K trials)")
+        raise UsageError("--trial and --ensemble exclude each other (--ensemble chooses its members on val)")
     if args.ensemble is not None and args.epochs is not None and not args.refit_on_train_val:
         raise UsageError("--epochs sets a retraining: with --ensemble it needs --refit-on-train-val (the stored models are used as they are)")
+    if args.ensemble is not None and args.image_size is not None and not args.refit_on_train_val:
+        raise UsageError(f"--image-size {args.image_size} retrains: with --ensemble it needs --refit-on-train-val (stored models cannot change size)")
     study, url = open_study(args.study, args.storage)
     if args.ensemble is not None:
         from agesearch.search.report.ensemble import export_ensemble, format_members, pick_members
 
-        members = pick_members(study, url, args.ensemble, refit=args.refit_on_train_val, spec=args.artifacts)  # before Keras
         out = check_out_path(args.out or models_dir(url, args.study) / MODEL_FILE)
+        # No candidate fails before Keras loads; the selection then scores the candidates on val.
+        members = pick_members(study, url, args.ensemble, refit=args.refit_on_train_val, spec=args.artifacts, cache_dir=args.cache_dir)
         import_keras_quietly()
         start = time.perf_counter()
         card = export_ensemble(study, url, members, out, tta_flip=args.tta == "flip", refit_on_train_val=args.refit_on_train_val,
-                               epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir, spec=args.artifacts)
+                               epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir, spec=args.artifacts, image_size=args.image_size)
         print(format_members(card))
     else:
         trial = pick_trial(study, args.trial)
+        resized_config(trial, args.image_size)  # before Keras: a config too deep for the size fails at once
         out = check_out_path(args.out or models_dir(url, args.study) / MODEL_FILE)
         import_keras_quietly()
         start = time.perf_counter()
         card = export_trial(study, trial, out, epochs=args.epochs, refit_on_train_val=args.refit_on_train_val, seed=args.seed,
-                            cache_dir=args.cache_dir, tta_flip=args.tta == "flip")
+                            cache_dir=args.cache_dir, tta_flip=args.tta == "flip", image_size=args.image_size)
         t = card["training"]
         print(f"trained in {t['seconds']:.1f}s ({t['epochs_run']} epochs, weights of epoch {t['weights_from_epoch']}); "
               f"search's val age MAE {card['study']['search_val_age_mae']}, this run's {t['val_age_mae']}")

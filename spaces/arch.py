@@ -10,6 +10,11 @@ from agesearch.spaces import register_space
 FILTERS = [16, 32, 64, 128, 256, 512]
 DENSE = [64, 128, 256, 512]
 L2 = [0.0, 1e-5, 1e-4, 1e-3]
+# Parameters that a value of another parameter makes do nothing: {parameter: {value: ignored}}.
+# A CORAL or DLDL age head brings its own age loss, so the training's `age_loss` and its decade
+# weighting (`age_weighting`) are unused under it (search/training/fit.py's compile_model). The
+# sampler's incumbent perturbation never spends a move on them (search/loop/sampling.py).
+IGNORED_BY = {"age/head": {"coral": ("age_loss", "age_weighting"), "dldl": ("age_loss", "age_weighting")}}
 
 
 def depth_range(image_size: int) -> tuple[int, int]:

@@ -26,7 +26,6 @@ def decade_label(age: int) -> str:
 
 
 MAX_AGE = 116
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # AGE_GENDER_RACE_DATETIME.jpg.chip.jpg (cropped/aligned set) or ...DATETIME.jpg (in-the-wild set).
 NAME_PATTERN = re.compile(
     r"^(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_(?P<stamp>\d+)"

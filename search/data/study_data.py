@@ -21,13 +21,25 @@ def data_folder(data: str, *, synthetic_count: int = 1200, cache_dir: Path | Non
     return Path(data).expanduser()
 
 
-def study_dataset(meta: dict, *, cache_dir: Path | None = None) -> tuple[FaceDataset, Split]:
-    """Reload a study's images and split; fails if the folder changed since the search."""
+def study_dataset(meta: dict, *, cache_dir: Path | None = None, image_size: int | None = None) -> tuple[FaceDataset, Split]:
+    """Reload a study's images and split; fails if the folder changed since the search.
+
+    With `image_size` (another size than the searched one: `export --image-size`), the images
+    are decoded at that size but the split is the study's own, computed at the searched size:
+    near-duplicate groups come from the decoded pixels, so a split computed at another size
+    could move a train image's twin into test.
+    """
     folder = data_folder(meta["data"], synthetic_count=meta.get("synthetic_count", 1200), cache_dir=cache_dir)
-    ds = load_faces(folder, meta["image_size"], limit=meta.get("limit"), seed=meta["seed"], cache_dir=cache_dir)
-    if ds.fingerprint != meta["fingerprint"]:
-        raise DataError(f"the images in {folder} changed since the study was run (fingerprint {ds.fingerprint} != {meta['fingerprint']})")
+    searched = load_faces(folder, meta["image_size"], limit=meta.get("limit"), seed=meta["seed"], cache_dir=cache_dir)
+    if searched.fingerprint != meta["fingerprint"]:
+        raise DataError(f"the images in {folder} changed since the study was run (fingerprint {searched.fingerprint} != {meta['fingerprint']})")
     if meta.get("split_method") == SPLIT_METHOD:
-        return ds, split_faces(ds, tuple(meta["split"]), seed=meta["seed"], cache_dir=cache_dir)
-    # Studies made before the grouped split keep the plain seeded split they were searched on.
-    return ds, split_indices(len(ds), tuple(meta["split"]), seed=meta["seed"])
+        split = split_faces(searched, tuple(meta["split"]), seed=meta["seed"], cache_dir=cache_dir)
+    else:  # studies made before the grouped split keep the plain seeded split they were searched on
+        split = split_indices(len(searched), tuple(meta["split"]), seed=meta["seed"])
+    if image_size is None or image_size == meta["image_size"]:
+        return searched, split
+    ds = load_faces(folder, image_size, limit=meta.get("limit"), seed=meta["seed"], cache_dir=cache_dir)
+    if ds.names != searched.names:
+        raise DataError(f"the images decoded at {image_size} px are not those of the study (another order or subset)")
+    return ds, split

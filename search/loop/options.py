@@ -47,11 +47,17 @@ SAMPLERS: dict[str, SamplerChoice] = {
 
 
 def _median(epochs: int, n_baselines: int) -> optuna.pruners.BasePruner:
+    from agesearch.search.loop.pruning import MarginMedianPruner
+
+    # Presets are never pruned (their `preset` attr: loop/trial.py report_epoch); a searched
+    # trial is compared with the median of the finished ones from its second epoch on, and
+    # pruned only when worse by more than the seed noise (loop/pruning.py, RESULTS.md).
+    return MarginMedianPruner(n_startup_trials=max(n_baselines, 3), n_warmup_steps=1)
+
+
+def _median_strict(epochs: int, n_baselines: int) -> optuna.pruners.BasePruner:
     import optuna
 
-    # The presets run first and are never pruned (n_startup_trials counts them); after them a
-    # trial is compared with the median of the earlier ones from its second epoch on: a bad
-    # draw costs 2 epochs, not a third of them (issue 17's A/B, benchmarks/RESULTS.md).
     return optuna.pruners.MedianPruner(n_startup_trials=max(n_baselines, 3), n_warmup_steps=1)
 
 
@@ -68,7 +74,9 @@ def _hyperband(epochs: int, n_baselines: int) -> optuna.pruners.BasePruner:
 
 
 PRUNERS: dict[str, PrunerChoice] = {
-    "median": PrunerChoice("median pruner from the second epoch, after the baseline presets finished", _median),
+    "median": PrunerChoice("from the second epoch, a trial worse by more than 40 percent than the median of the finished trials at that epoch "
+                           "(a margin for seed noise); presets are never pruned", _median),
+    "median-strict": PrunerChoice("Optuna's MedianPruner from the second epoch (no margin: the default before the margin, for A/B runs)", _median_strict),
     "median-late": PrunerChoice("median pruner after a third of the epochs (the old default)", _median_late),
     "hyperband": PrunerChoice("Hyperband, rungs from a tenth of the epochs to all, a third kept at each", _hyperband),
     "none": PrunerChoice("no pruning", lambda epochs, n: __import__("optuna").pruners.NopPruner()),

@@ -35,7 +35,7 @@ import optuna
 from agesearch.search.loop.loop import InProcessExecutor, TrialLoop
 from agesearch.search.loop.options import PRUNERS, RunOptions
 from agesearch.search.loop.progress import EpochProgress, ProgressLine
-from agesearch.search.loop.sampling import make_sampler
+from agesearch.search.loop.sampling import make_sampler, trial_seed
 from agesearch.search.loop.trial import TrainJob, check_cost, sample_configs, train_job
 from agesearch.search.store import study as st
 from agesearch.spaces import SPACE_VERSIONS
@@ -123,7 +123,8 @@ def run_search(space: str | RunOptions, *, data: DataSpec = DataSpec(), **option
     ds, split, train_data = load_data(data)
     grid_of = space_grid(o.space)
     grid = grid_of(data.image_size) if grid_of is not None else None
-    sampler = make_sampler(o.sampler_name, data.seed if o.sampler_seed is None else o.sampler_seed, grid=grid, n_baselines=len(presets))
+    sampler = make_sampler(o.sampler_name, data.seed if o.sampler_seed is None else o.sampler_seed, grid=grid, n_baselines=len(presets),
+                           space=fn, image_size=data.image_size, cost_cap=lambda s: cost_cap(s, o))
     pruner = PRUNERS[o.pruner_name].make(o.epochs, len(presets))
     rdb = st.open_storage(url, max_retry=o.max_retries)
     study = st.create_or_resume(o.study, rdb, directions=["minimize", "maximize"] if o.multi else ["minimize"],
@@ -166,11 +167,13 @@ def job_sampler(study: optuna.Study, space, o: RunOptions, image_size: int, arti
     """`sample(trial) -> TrainJob`: the configs, how they were drawn, their cost (refused over the cap)."""
 
     def sample(trial: optuna.Trial) -> TrainJob:
-        model_cfg, train_cfg = sample_configs(trial, space, image_size, o.epochs)
+        model_cfg, train_cfg = sample_configs(trial, space, image_size, o.epochs, seed=trial_seed(study.user_attrs[st.META_KEY]["seed"] if o.sampler_seed is None else o.sampler_seed, trial.number))
         fixed = "preset" in trial.user_attrs or "retry_of" in trial.user_attrs  # enqueued, not drawn
         if hasattr(study.sampler, "decision"):
             trial.set_user_attr("sampled_by", study.sampler.decision(trial.number, fixed))
         # A preset or a retry is never refused: the baselines are what the cap is measured from.
+        # A perturbation was planned under the cap (sampling.IncumbentPerturbation draws again
+        # over it), so only a draw of the inner sampler is refused here.
         check_cost(trial, model_cfg, None if fixed else cost_cap(study, o))
         return TrainJob(model_cfg, train_cfg, o.multi, artifacts)
 

@@ -5,8 +5,9 @@
   conditional: which parameters exist depends on depth and split) whose random start-up is the
   baseline presets themselves (`n_startup_trials` = their number), and `IncumbentPerturbation`
   around it: a share of the trials copies the best trial so far and moves one to three of its
-  parameters a little. No Optuna sampler samples around an incumbent (PriorBand and the
-  evolutionary samplers do), so this wrapper is written here; everything else is Optuna's.
+  parameters a little, planned whole before the trial runs (no repeat, none over the cost cap).
+  No Optuna sampler samples around an incumbent (PriorBand and the evolutionary samplers do),
+  so this wrapper is written here; everything else is Optuna's.
 - `decision(number)` says how a trial's parameters were chosen; the loop records it as the user
   attr `sampled_by` ("enqueued", "random start-up", "tpe", "perturbed #N: a, b", ...).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
@@ -23,7 +25,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.samplers import BaseSampler, GridSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from agesearch.models.config import ModelConfig
 from agesearch.search.store.study import best_trial
+from agesearch.spaces.arch import IGNORED_BY
 
 PERTURB_SHARE = 0.7  # of the trials after the start-up: issue 17's A/B (benchmarks/RESULTS.md)
 PERTURB_SCALE = 0.15  # a numeric move: this fraction of the parameter's (log) range, Gaussian
@@ -34,6 +38,8 @@ PERTURB_SCALE = 0.15  # a numeric move: this fraction of the parameter's (log) r
 # on write-up D at 32 px, 9 epochs: a cosine schedule and twice the learning rate took its val
 # objective from 0.872 to 0.753 (benchmarks/RESULTS.md, "training knobs on a preset").
 RECIPE_WEIGHT, TRAINING_WEIGHT = 4.0, 2.0
+PLAN_ATTEMPTS = 8  # draws of a perturbation (a repeat, or over the cost cap, is drawn again), then `inner`
+TRIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)  # a perturbation repeats none of these
 
 
 def trial_seed(sampler_seed: int, number: int) -> int:
@@ -110,38 +116,86 @@ class IncumbentPerturbation(BaseSampler):
     """A share of the trials start from the best trial so far and move 1-3 of its parameters.
 
     Which parameters move is drawn with `weights` (see RECIPE_WEIGHT): the training recipe
-    more often than the architecture.
-    The other trials, and every parameter the incumbent does not have (a deeper block after
-    depth moved), go to `inner`. Moves: a categorical parameter takes another of its choices;
-    a number moves by a Gaussian step of PERTURB_SCALE of its range (log range for log
-    parameters), clipped and put on its step. Which trials perturb and what moves is drawn
-    from the trial's own seed, so it is as reproducible as the rest.
+    more often than the architecture; a parameter the incumbent's age head ignores
+    (spaces.arch.IGNORED_BY) never moves. Moves: a categorical parameter takes another of its
+    choices; a number moves by a Gaussian step of PERTURB_SCALE of its range (log range for log
+    parameters), clipped and put on its step. Which trials perturb and what moves is drawn from
+    the trial's own seed, so it is as reproducible as the rest. The other trials go to `inner`.
+
+    The whole configuration is planned before the trial suggests anything, so that a plan that
+    repeats a configuration already tried (complete, pruned, failed or running) or costs more
+    than `cost_cap(study)` FLOPs per image is drawn again (PLAN_ATTEMPTS times, then the trial
+    goes to `inner`): it would waste a trial, or be refused. With `space` (and `image_size`) the
+    plan runs the space on a `_PlanTrial`, so it holds every parameter (one the incumbent lacks,
+    a deeper block after depth moved, is drawn at random) and its ModelConfig gives the FLOPs.
+    Without a space the plan is the incumbent's parameters, moved, and any other goes to `inner`.
+    Written here because no Optuna sampler perturbs an incumbent (see the module docstring).
     """
 
     def __init__(self, inner: PerTrialSeedSampler, *, share: float = PERTURB_SHARE, after: int = 0,
-                 weights: dict[str, float] | None = None):
+                 weights: dict[str, float] | None = None, space: Callable | None = None, image_size: int | None = None,
+                 cost_cap: Callable[[optuna.Study], float | None] | None = None):
         self.inner = inner
         self.share = share
         self.after = after  # perturb only once this many trials finished (the start-up)
         self.weights = perturb_weights() if weights is None else weights  # parameter -> how often it moves (default 1)
-        self.plans: dict[int, tuple[FrozenTrial, set[str], np.random.Generator]] = {}
+        self.space, self.image_size = space, image_size  # (trial, image_size) -> (ModelConfig, TrainConfig)
+        self.cost_cap = cost_cap  # study -> the most FLOPs per image a trial may cost, or None
+        self.plans: dict[int, Plan | None] = {}
+        self.flops: dict[ModelConfig, int] = {}  # ModelConfig -> FLOPs per image: each is built once
 
-    def _plan(self, study: optuna.Study, trial: FrozenTrial):
-        if trial.number in self.plans:
-            return self.plans[trial.number]
-        plan = None
+    def _plan(self, study: optuna.Study, trial: FrozenTrial) -> Plan | None:
+        if trial.number not in self.plans:
+            self.plans[trial.number] = self._draw_plan(whole_study(study), trial)
+        return self.plans[trial.number]
+
+    def _draw_plan(self, study: optuna.Study, trial: FrozenTrial) -> Plan | None:
         rng = np.random.default_rng(trial_seed(self.inner.seed + 7919, trial.number))
-        fixed = "fixed_params" in trial.system_attrs
+        if "fixed_params" in trial.system_attrs:
+            return None
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if not fixed and len(done) >= self.after and rng.random() < self.share:
-            best = best_trial(study)
-            if best is not None and best.params:
-                names = sorted(best.params)
-                k = min(len(names), int(rng.integers(1, 4)))
-                w = np.array([self.weights.get(n, 1.0) for n in names])
-                plan = (best, set(rng.choice(names, size=k, replace=False, p=w / w.sum()).tolist()), rng)
-        self.plans[trial.number] = plan
-        return plan
+        if len(done) < self.after or rng.random() >= self.share:
+            return None
+        best = best_trial(study)
+        if best is None or not best.params:
+            return None
+        tried = {_key(t.params) for t in study.get_trials(deepcopy=False, states=TRIED) if t.number != trial.number}
+        cap = None if self.cost_cap is None else self.cost_cap(study)
+        for _ in range(PLAN_ATTEMPTS):
+            try:
+                plan = self._perturb(best, rng)
+                if plan is not None and _key(plan.params) not in tried and (cap is None or plan.model is None or self._flops(plan.model) <= cap):
+                    return plan
+            except Exception:  # noqa: BLE001  a space or a build that refuses the plan: draw again
+                continue  # (this runs inside study.ask(), where an error would end the whole search)
+        return None
+
+    def _perturb(self, best: FrozenTrial, rng: np.random.Generator) -> Plan | None:
+        """One draw: which of the incumbent's parameters move, and the configuration that gives."""
+        names = sorted(n for n in best.params if n not in _ignored(best.params))
+        if not names:
+            return None
+        w = np.array([self.weights.get(n, 1.0) for n in names])
+        moving = set(rng.choice(names, size=min(len(names), int(rng.integers(1, 4))), replace=False, p=w / w.sum()).tolist())
+        model = None
+        if self.space is None:
+            params = {n: _move(v, best.distributions[n], rng) if n in moving else v for n, v in best.params.items()}
+        else:
+            planner = _PlanTrial(best.params, moving, rng)
+            model = self.space(planner, self.image_size)[0]
+            params = planner.params
+        # The head may have moved to one that ignores another moved parameter: that one stays.
+        ignored = _ignored(params)
+        for name in moving & ignored & params.keys():
+            params[name] = best.params[name]
+        return Plan(best.number, sorted(n for n in moving if n in params and n not in ignored), params, model)
+
+    def _flops(self, model: ModelConfig) -> int:
+        if model not in self.flops:
+            from agesearch.search.training.cost import model_cost  # imports Keras
+
+            self.flops[model] = model_cost(model)[1]
+        return self.flops[model]
 
     def before_trial(self, study, trial: FrozenTrial) -> None:
         self.inner.before_trial(study, trial)
@@ -159,11 +213,8 @@ class IncumbentPerturbation(BaseSampler):
 
     def sample_independent(self, study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution):
         plan = self._plan(study, trial)
-        if plan is not None:
-            best, moving, rng = plan
-            if param_name in best.params and _inside(best.params[param_name], param_distribution):
-                value = best.params[param_name]
-                return _move(value, param_distribution, rng) if param_name in moving else value
+        if plan is not None and param_name in plan.params and _inside(plan.params[param_name], param_distribution):
+            return plan.params[param_name]
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study, trial: FrozenTrial, state, values) -> None:
@@ -179,8 +230,73 @@ class IncumbentPerturbation(BaseSampler):
     def decision(self, number: int, fixed: bool) -> str:
         plan = self.plans.get(number)
         if plan is not None and not fixed:
-            return f"perturbed #{plan[0].number}: {', '.join(sorted(plan[1]))}"
+            return f"perturbed #{plan.incumbent}: {', '.join(plan.moved)}"
         return self.inner.decision(number, fixed)
+
+
+@dataclass
+class Plan:
+    """A perturbation, planned before its trial suggests anything."""
+
+    incumbent: int  # the number of the trial it starts from
+    moved: list[str]  # the parameters it moves, sorted
+    params: dict  # parameter -> value for the trial (every one the space asks, with a space)
+    model: ModelConfig | None = None  # the ModelConfig these parameters give (with a space): its cost
+
+
+class _PlanTrial:
+    """Stands in for the trial while a space is run to plan a perturbation (nothing is stored).
+
+    The incumbent's value of each parameter the space asks for, moved if it is in `moving`; a
+    parameter the incumbent lacks (or whose value the distribution asked no longer holds) is
+    drawn at random from that distribution. Optuna's FixedTrial cannot draw a missing one.
+    """
+
+    def __init__(self, incumbent: dict, moving: set[str], rng: np.random.Generator):
+        self.incumbent, self.moving, self.rng = incumbent, moving, rng
+        self.params: dict = {}
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def _suggest(self, name: str, dist: BaseDistribution):
+        if name not in self.params:
+            if name in self.incumbent and _inside(self.incumbent[name], dist):
+                old = self.incumbent[name]
+                self.params[name] = _move(old, dist, self.rng) if name in self.moving else old
+            else:
+                self.params[name] = _draw(dist, self.rng)
+            self.distributions[name] = dist
+        return self.params[name]
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+        return self._suggest(name, FloatDistribution(low, high, step=step, log=log))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return self._suggest(name, IntDistribution(low, high, step=step, log=log))
+
+    def suggest_categorical(self, name: str, choices):
+        return self._suggest(name, CategoricalDistribution(choices))
+
+
+def whole_study(study: optuna.Study) -> optuna.Study:
+    """The study itself, also where Optuna hands a sampler HyperbandPruner's view of one bracket.
+
+    Under HyperbandPruner a sampler is called with `_BracketStudy`, whose trials are one
+    bracket's; the incumbent, the start-up count and the configurations tried are the whole
+    study's. The view keeps the study it filters as `_study`, one of the few attributes it lets
+    through (optuna/pruners/_hyperband.py); any other study has none.
+    """
+    return getattr(study, "_study", study)
+
+
+def _ignored(params: dict) -> set[str]:
+    """The parameters that these values leave unused (spaces.arch.IGNORED_BY)."""
+    return {name for p, by_value in IGNORED_BY.items() if p in params for name in by_value.get(params[p], ())}
+
+
+def _key(params: dict) -> tuple:
+    """A configuration as a comparable key; floats to 10 significant digits, so that a planned
+    0.15 and a stored 0.15000000000000002 are one configuration."""
+    return tuple(sorted((n, float(f"{v:.10g}") if isinstance(v, float) else v) for n, v in params.items()))
 
 
 def perturb_weights() -> dict[str, float]:
@@ -208,22 +324,43 @@ def _move(value, dist: BaseDistribution, rng: np.random.Generator):
         return value
     to = (math.log, math.exp) if dist.log else (float, float)
     span = to[0](hi) - to[0](lo)
-    x = to[1](min(to[0](hi), max(to[0](lo), to[0](float(value)) + rng.normal(0.0, PERTURB_SCALE * span))))
-    if isinstance(dist, IntDistribution):
-        step = dist.step
-        x = int(round((x - dist.low) / step) * step + dist.low)
-        if x == value:  # an int move of less than a step: one step up (down at the top)
-            x = value + step if value + step <= dist.high else value - step
-        return int(min(dist.high, max(dist.low, x)))
+    x = _on_grid(to[1](min(to[0](hi), max(to[0](lo), to[0](float(value)) + rng.normal(0.0, PERTURB_SCALE * span)))), dist)
+    if dist.step is not None and math.isclose(x, value):
+        # A move of less than a step: one step up or down, drawn (always up was a drift upwards,
+        # most moves of a small int range being this one), the only way left at a bound.
+        ways = [v for v in (value - dist.step, value + dist.step) if lo - 1e-12 <= v <= hi + 1e-12]
+        x = _on_grid(ways[int(rng.integers(len(ways)))], dist)
+    return x
+
+
+def _on_grid(x: float, dist: FloatDistribution | IntDistribution):
+    """`x` put on `dist`'s step and in its range, as an int for an int distribution."""
     if dist.step is not None:
-        x = round((x - lo) / dist.step) * dist.step + lo
-        if math.isclose(x, value):  # less than a step: one step up (down at the top), as for ints
-            x = value + dist.step if value + dist.step <= hi + 1e-12 else value - dist.step
-    return float(min(hi, max(lo, x)))
+        x = round((x - dist.low) / dist.step) * dist.step + dist.low
+    x = min(dist.high, max(dist.low, x))
+    return int(round(x)) if isinstance(dist, IntDistribution) else float(x)
 
 
-def make_sampler(name: str, sampler_seed: int, *, grid: dict | None = None, n_baselines: int = 0) -> BaseSampler:
-    """The sampler `name` of loop/options.py's SAMPLERS (a grid space walks its `grid`), seeded per trial."""
+def _draw(dist: BaseDistribution, rng: np.random.Generator):
+    """A uniform draw from `dist` (over its log range for a log parameter), on its step."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[int(rng.integers(len(dist.choices)))]
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
+    if dist.log:
+        return _on_grid(math.exp(rng.uniform(math.log(dist.low), math.log(dist.high))), dist)
+    # Uniform over the grid points (a plain rounding would give each end half a share).
+    if dist.step is not None:
+        return _on_grid(dist.low + dist.step * int(rng.integers(round((dist.high - dist.low) / dist.step) + 1)), dist)
+    return _on_grid(rng.uniform(dist.low, dist.high), dist)
+
+
+def make_sampler(name: str, sampler_seed: int, *, grid: dict | None = None, n_baselines: int = 0, space: Callable | None = None,
+                 image_size: int | None = None, cost_cap: Callable[[optuna.Study], float | None] | None = None) -> BaseSampler:
+    """The sampler `name` of loop/options.py's SAMPLERS (a grid space walks its `grid`), seeded per trial.
+
+    `space`, `image_size` and `cost_cap` let the incumbent perturbation (`tpe` with presets) plan
+    whole configurations and draw again over the cap (see IncumbentPerturbation).
+    """
     samplers = optuna.samplers
 
     def factory(seed: int) -> BaseSampler:
@@ -246,5 +383,5 @@ def make_sampler(name: str, sampler_seed: int, *, grid: dict | None = None, n_ba
     if grid is not None:
         sampler.grid_size = math.prod(len(v) for v in grid.values())
     if name == "tpe" and grid is None and n_baselines:
-        return IncumbentPerturbation(sampler, after=n_baselines)
+        return IncumbentPerturbation(sampler, after=n_baselines, space=space, image_size=image_size, cost_cap=cost_cap)
     return sampler

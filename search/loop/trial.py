@@ -30,9 +30,6 @@ from optuna.trial import FrozenTrial, TrialState
 from agesearch.models.config import ModelConfig, TrainConfig
 from agesearch.search.store.study import with_retries
 
-# Called with (trial number, epoch, val objective) after each epoch: live progress.
-EpochCallback = Callable[[int, int, float], None]
-
 
 @dataclass
 class TrialOutcome:
@@ -96,12 +93,19 @@ def exit_on_second_interrupt() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
-def sample_configs(trial: optuna.Trial, space, image_size: int, epochs: int) -> tuple[ModelConfig, TrainConfig]:
-    """Sample a trial's configs and record them in its user attrs."""
+def sample_configs(trial: optuna.Trial, space, image_size: int, epochs: int, *, seed: int | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Sample a trial's configs and record them in its user attrs.
+
+    `seed` (the search passes `trial_seed(sampler seed, trial.number)`) seeds the trial's
+    training: it goes into the TrainConfig, so it travels with the job to a Ray worker, and is
+    recorded as the user attr `seed` too (`export` retrains with it).
+    """
     model_cfg, train_cfg = space(trial, image_size)
-    train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+    train_cfg = dataclasses.replace(train_cfg, epochs=epochs, seed=seed)
     trial.set_user_attr("model_config", model_cfg.to_dict())
     trial.set_user_attr("train_config", train_cfg.to_dict())
+    if seed is not None:
+        trial.set_user_attr("seed", seed)
     return model_cfg, train_cfg
 
 
@@ -180,8 +184,15 @@ def seconds_per_epoch(history: dict) -> float | None:
 
 
 def report_epoch(trial: optuna.Trial, epoch: int, value: float) -> bool:
-    """Report an epoch's value at step=epoch and return the study's pruner's answer (prune?)."""
+    """Report an epoch's value at step=epoch and return the study's pruner's answer (prune?).
+
+    A preset (user attr `preset`, kept by its retries) reports its curve but is never pruned:
+    the presets are the baselines a search is read against, whenever they run (a pruner's
+    start-up only protects them while they run first, and Hyperband has none).
+    """
     with_retries(lambda a: trial.report(value, step=epoch), "report")
+    if "preset" in trial.user_attrs:  # the trial's cached attrs: no storage read
+        return False
     return bool(with_retries(lambda a: trial.should_prune(), "should_prune"))
 
 

@@ -1,9 +1,14 @@
 """The study report: one self-contained HTML file, a CSV of all trials, and terminal tables.
 
-A package of four parts: `tables` (pandas: every trial, ablations, the summary's numbers,
+The report is made of `tables` (pandas: every trial, ablations, the summary's numbers,
 presets against the search), `figures` (Optuna's plots, a few drawn by hand), `predictions`
 (the best model on the val images, through `search/training/metrics.py`) and `page` (the HTML). `build`
-puts them together as a list of sections, each with a stable element id (`SECTION_IDS`).
+puts them together as a list of sections, each with a stable element id (`SECTION_IDS`);
+`summary` prints the terminal summary at the end of a run from the same tables.
+
+The package also holds `dashboard` (the optuna-dashboard launcher) and what leaves the search:
+`export` (retrain a trial, save model and card), `ensemble` (average the top trials' models) and
+`evaluate` (a saved model's metrics on a folder, and `predict`).
 """
 
 from agesearch.search.report.build import SECTION_IDS, ReportResult, build_report, write_csv, write_report

@@ -12,7 +12,6 @@ import ipaddress
 from pathlib import Path
 
 from agesearch.search.store import study as st
-from agesearch.search.errors import UsageError
 
 INSTALL_HINT = 'optuna-dashboard is not installed: pip install "agesearch[dashboard]" (or pip install optuna-dashboard)'
 
@@ -28,11 +27,7 @@ def resolve_storage(study: str | None, storage: str | None, studies_dir: Path = 
     elif study:
         url = st.default_storage(study, studies_dir)
     else:
-        found = sorted(studies_dir.glob("*.db"))
-        if len(found) != 1:
-            names = ", ".join(p.stem for p in found) or "none"
-            raise UsageError(f"pass --study NAME or --storage URL (study files in {studies_dir}/: {names})")
-        url = st.default_storage(found[0].stem, studies_dir)
+        url = st.default_storage(st.only_study_file(studies_dir).stem, studies_dir)
     return url
 
 

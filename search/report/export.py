@@ -5,10 +5,17 @@ data and split (reloaded from the study's metadata), wrapped as an inference mod
 years, P(female); models/inference.py) and saved as `.keras`, with a JSON model card next to
 it. The test split, which the search never saw, gives the reported metrics.
 
-Retraining rather than copying `best.keras`: the search keeps only the best model *so far* of
-the combined objective, none for a chosen trial, and none when trials ran on other machines;
-retraining from the configs works for any finished trial and can fold val into training
-(`--refit-on-train-val`, for the epoch count early stopping found).
+Retraining rather than copying the trial's stored model: the artifact store holds each COMPLETE
+trial's model (search/store/artifacts.py), but none of a pruned trial and, with `--keep-models K`,
+only the best K; retraining from the configs works for any finished trial and can fold val into
+training (`--refit-on-train-val`, for the epoch count early stopping found). It uses the seed
+the search trained the trial with (its user attr `seed`), so a plain export of a trial trains
+what the search trained, unless `--seed` says otherwise.
+
+Search cheap, train big: `--image-size PX` (with `--epochs E`) retrains at another size than the
+searched one, on the study's images and split decoded at PX; the configuration is rebuilt at PX
+through ModelConfig's own validation (one that does not fit fails before anything trains), and
+the card's training entry keeps both, `searched` and `trained` (image size, epochs).
 
 `--tta flip` saves the retrained model wrapped with horizontal-flip test-time augmentation
 (models/ensemble.py) and puts the plain and the flipped model side by side in the card;
@@ -109,12 +116,15 @@ class Retrained:
     result: object  # FitResult
     refit_on_train_val: bool
     seed: int
+    searched: dict = dataclasses.field(default_factory=dict)  # {"image_size", "epochs"} the trial was searched with
 
     def training(self) -> dict:
         """The card's "training" entry."""
         # EarlyStopping restores the epoch with the lowest val objective; a refit keeps the last.
         r, refit = self.result, self.refit_on_train_val
         return {
+            "searched": self.searched,
+            "trained": {"image_size": self.model_cfg.image_size, "epochs": self.train_cfg.epochs},
             "trained_on": "train+val" if refit else "train",
             "early_stopping": not refit,
             "epochs_run": r.epochs_run,
@@ -128,22 +138,63 @@ class Retrained:
         }
 
 
-def retrain(study, trial, ds, split, *, epochs: int | None = None, refit_on_train_val: bool = False, seed: int = 0) -> Retrained:
+def recorded_seed(trial) -> int:
+    """The seed the search trained `trial` with (user attr `seed`), 0 for trials made before
+    trials were seeded."""
+    seed = trial.user_attrs.get("seed", (trial.user_attrs.get("train_config") or {}).get("seed"))
+    return 0 if seed is None else int(seed)
+
+
+def resized_config(trial, image_size: int | None):
+    """`trial`'s ModelConfig, rebuilt at `image_size` (None: as searched).
+
+    Raises:
+        UsageError: the configuration does not fit that size (too deep for it, a backbone's
+            smallest input), in one line naming the trial.
+    """
+    from agesearch.models.config import ModelConfig
+
+    cfg = ModelConfig.from_dict(trial.user_attrs["model_config"])
+    if image_size is None or image_size == cfg.image_size:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, image_size=image_size)
+    except ValueError as e:
+        raise UsageError(f"--image-size {image_size}: trial {trial.number} (searched at {cfg.image_size} px) does not fit: {e}") from None
+
+
+def study_data_at(study, trials, image_size: int | None, *, cache_dir: Path | None = None):
+    """(the study's metadata, its images at `image_size` (None: the searched size), its split),
+    once every one of `trials` fits that size (`resized_config`): nothing loads otherwise."""
+    from agesearch.search.data.study_data import study_dataset
+    from agesearch.search.store.study import META_KEY
+
+    for t in trials:
+        resized_config(t, image_size)
+    meta = study.user_attrs[META_KEY]
+    return (meta, *study_dataset(meta, cache_dir=cache_dir, image_size=image_size))
+
+
+def retrain(study, trial, ds, split, *, epochs: int | None = None, refit_on_train_val: bool = False, seed: int | None = None,
+            image_size: int | None = None) -> Retrained:
     """Train `trial`'s configs again on the study's data, as `export_trial` describes.
 
     The one training path of `export`: a single trial, or each member of `--ensemble K
-    --refit-on-train-val`.
+    --refit-on-train-val`. `ds` holds the images at `image_size` (None: the searched size);
+    `seed` None is the trial's own (`recorded_seed`).
     """
-    import keras
-
-    from agesearch.models import ModelConfig
     from agesearch.models.config import TrainConfig
     from agesearch.models.inference import inference_model
     from agesearch.search.data.images import Split
     from agesearch.search.training.fit import TrainingData, fit
 
-    model_cfg = ModelConfig.from_dict(trial.user_attrs["model_config"])
+    model_cfg = resized_config(trial, image_size)
+    if ds.images.shape[1] != model_cfg.image_size:
+        raise UsageError(f"trial {trial.number}: the images are {ds.images.shape[1]} px, the model takes {model_cfg.image_size} px")
     train_cfg = TrainConfig.from_dict(trial.user_attrs["train_config"])
+    searched = {"image_size": int(trial.user_attrs["model_config"]["image_size"]), "epochs": train_cfg.epochs}
+    seed = recorded_seed(trial) if seed is None else seed
+    train_cfg = dataclasses.replace(train_cfg, seed=seed)  # fit() seeds Keras with it after clearing its state
     if refit_on_train_val:
         n_epochs = epochs or int(trial.user_attrs.get("best_epoch", train_cfg.epochs - 1)) + 1
         # Val joins train; val is still passed because fit() reports on it, but early stopping
@@ -157,11 +208,11 @@ def retrain(study, trial, ds, split, *, epochs: int | None = None, refit_on_trai
     what = f"train+val ({len(fit_split.train)} images), {train_cfg.epochs} epochs" if refit_on_train_val else (
         f"train ({len(split.train)} images), val ({len(split.val)}) for early stopping, at most {train_cfg.epochs} epochs"
     )
-    print(f"export: trial {trial.number} of study {study.study_name}: retraining on {what}", flush=True)
-    keras.utils.set_random_seed(seed)
+    size = "" if model_cfg.image_size == searched["image_size"] else f" at {model_cfg.image_size} px (searched at {searched['image_size']} px)"
+    print(f"export: trial {trial.number} of study {study.study_name}: retraining{size} on {what}, seed {seed}", flush=True)
     result = fit(model_cfg, train_cfg, data, None, keep_model=True, early_stopping=not refit_on_train_val)
     model = inference_model(result.model, model_cfg, data.baselines.age_scale)
-    return Retrained(model, model_cfg, train_cfg, data, result, refit_on_train_val, seed)
+    return Retrained(model, model_cfg, train_cfg, data, result, refit_on_train_val, seed, searched)
 
 
 def export_trial(
@@ -171,9 +222,10 @@ def export_trial(
     *,
     epochs: int | None = None,
     refit_on_train_val: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     cache_dir: Path | None = None,
     tta_flip: bool = False,
+    image_size: int | None = None,
 ) -> dict:
     """Retrain `trial`'s configs on the study's data, save model + card, return the card.
 
@@ -184,17 +236,17 @@ def export_trial(
         epochs: most epochs (default: the trial's); with `refit_on_train_val`, exactly this many
             (default: the trial's best_epoch + 1).
         refit_on_train_val: train on train+val with no early stopping.
-        seed: Keras' global seed (weights, shuffling, augmentation).
+        seed: Keras' global seed (weights, shuffling, augmentation, dropout); None: the one the
+            search trained the trial with (0 for trials made before trials were seeded).
         cache_dir: decoded-image cache.
         tta_flip: save the model averaged over each image and its mirror; the card's
             `side_by_side` compares it with the plain model on the test split.
+        image_size: train (and test) at this many pixels instead of the searched size: the
+            study's images and split, decoded at that size; the card's training entry records
+            both sizes. UsageError if the configuration does not fit it.
     """
-    from agesearch.search.data.study_data import study_dataset
-    from agesearch.search.store.study import META_KEY
-
-    meta = study.user_attrs[META_KEY]
-    ds, split = study_dataset(meta, cache_dir=cache_dir)
-    trained = retrain(study, trial, ds, split, epochs=epochs, refit_on_train_val=refit_on_train_val, seed=seed)
+    meta, ds, split = study_data_at(study, [trial], image_size, cache_dir=cache_dir)
+    trained = retrain(study, trial, ds, split, epochs=epochs, refit_on_train_val=refit_on_train_val, seed=seed, image_size=image_size)
     model = trained.model
     if tta_flip:
         from agesearch.models.ensemble import ensemble_model
@@ -278,14 +330,15 @@ def _test_and_reload(model, out: Path, ds, split) -> tuple[dict, float]:
     return metrics, float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
 
 
-def card_header(study, out: Path, meta: dict, split) -> dict:
-    """The card's fields every export shares: format, files, input and output, data."""
+def card_header(study, out: Path, meta: dict, split, *, image_size: int | None = None) -> dict:
+    """The card's fields every export shares: format, files, input and output, data (the
+    study's, searched at `meta["image_size"]`; the model's input is `image_size`, default that)."""
     return {
         "format": "agesearch-model-card/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_file": out.name,
         "outputs": {"age": "years (float)", "gender": "P(female)"},
-        "input": {"image_size": int(meta["image_size"]), "dtype": "RGB, 0-255 (uint8 range); the model rescales"},
+        "input": {"image_size": int(image_size or meta["image_size"]), "dtype": "RGB, 0-255 (uint8 range); the model rescales"},
         "data": {k: meta.get(k) for k in ("data", "fingerprint", "images", "image_size", "limit", "seed", "split", "split_method", "synthetic_count")}
         | {"split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
     }
@@ -300,7 +353,7 @@ def trial_summary(trial) -> dict:
 
 def _card(study, trial, out, meta, split, trained: Retrained, metrics, reload_diff) -> dict:
     """The JSON model card: what was trained on what, how, and how it scored."""
-    header = card_header(study, out, meta, split)
+    header = card_header(study, out, meta, split, image_size=trained.model_cfg.image_size)
     return {
         **{k: header[k] for k in ("format", "created", "model_file", "outputs", "input")},
         "study": {"name": study.study_name, **trial_summary(trial)},

@@ -2,7 +2,8 @@
 
 Also the study-level rules every command shares: which trial is "the best" (`best_trial`),
 how many trials count toward `--n-trials` (`finished_count`, `active_count`), storage calls
-that retry transient errors (`with_retries`), and the baseline trials of a new study.
+that retry transient errors (`with_retries`), the baseline trials of a new study, and which
+study `report` and `dashboard` read without --study (`only_study_file`, `only_study`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from agesearch.search.errors import StorageError, StudyMismatch  # noqa: F401  (raised here, caught by the CLI)
+from agesearch.search.errors import StorageError, StudyMismatch, UsageError  # noqa: F401  (raised here, caught by the CLI)
 
 STUDIES_DIR = Path("studies")
 META_KEY = "agesearch"
@@ -146,6 +147,34 @@ def open_existing_storage(url: str, name: str | None = None) -> RDBStorage:
 def missing_study(storage: RDBStorage, name: str, url: str) -> StorageError:
     names = ", ".join(optuna.get_all_study_names(storage)) or "none"
     return StorageError(f"no study named {name!r} in {url} (studies there: {names})")
+
+
+def only_study_file(studies_dir: Path = STUDIES_DIR) -> Path:
+    """The only studies/*.db there is: what a command that reads a study opens without --study.
+
+    Raises:
+        UsageError: none or several, naming those there, in one line.
+    """
+    found = sorted(studies_dir.glob("*.db"))
+    if len(found) != 1:
+        names = ", ".join(p.stem for p in found) or "none"
+        raise UsageError(f"pass --study NAME or --storage URL (study files in {studies_dir}/: {names})")
+    return found[0]
+
+
+def only_study(storage: str | None, studies_dir: Path = STUDIES_DIR) -> tuple[str, str]:
+    """(name, url) of the only study there is: in --storage when given, else in the only
+    studies/*.db (`only_study_file`).
+
+    Raises:
+        UsageError: no study file, or several files or studies to choose from (one line naming them).
+        StorageError: an unusable storage.
+    """
+    url = storage or default_storage(only_study_file(studies_dir).stem, studies_dir)
+    names = sorted(optuna.get_all_study_names(open_existing_storage(url)))
+    if len(names) != 1:
+        raise UsageError(f"pass --study NAME (studies in {url}: {', '.join(names) or 'none'})")
+    return names[0], url
 
 
 def load_existing(name: str, url: str) -> optuna.Study:

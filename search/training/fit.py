@@ -177,11 +177,18 @@ def compile_model(
     age_weights: np.ndarray | None = None,
     decay_steps: int | None = None,
 ) -> None:
-    """Compile with the configured losses; `age_weights` (per decade) weight the regression age loss."""
+    """Compile with the configured losses; `age_weights` (per decade) weight the regression age loss.
+
+    The total loss is `gender BCE + age_loss_weight * age loss`, the age loss per head:
+    regression, the configured loss on age / age_scale; CORAL, its rank cross-entropy; DLDL,
+    DLDL-v2 as the paper defines it, KL(label distribution || softmax) + |E - age| in years
+    (lambda = 1, `age_scale` plays no part in it). Every head's "mae" metric is divided by
+    `age_scale`, so EpochReport's `* age_scale` gives years for all.
+    """
     if model_cfg.age_head == "coral":
         age_loss, age_metric = coral_loss, CoralMAE(scale=age_scale, name="mae")
     elif model_cfg.age_head == "dldl":
-        age_loss = DLDLLoss(model_cfg.dldl_min_age, model_cfg.dldl_max_age, model_cfg.dldl_sigma, age_scale=age_scale)
+        age_loss = DLDLLoss(model_cfg.dldl_min_age, model_cfg.dldl_max_age, model_cfg.dldl_sigma)
         age_metric = ExpectedAgeMAE(model_cfg.dldl_min_age, scale=age_scale)
     else:
         age_loss = AGE_LOSS_FUNCTIONS[train_cfg.age_loss]
@@ -290,6 +297,10 @@ def fit(
         # Each trial builds new tf.functions by design; TensorFlow's "N out of the last N calls
         # triggered tf.function retracing" warning would greet every trial after the fifth.
         tf.get_logger().setLevel("ERROR")
+    if train_cfg.seed is not None:
+        # After clear_session, which forgets Keras' global seed: weights, fit's shuffling, the
+        # augmentation layers and dropout all draw from the generators this seeds.
+        keras.utils.set_random_seed(train_cfg.seed)
     keras.mixed_precision.set_global_policy(train_cfg.precision)
     try:
         return _fit(model_cfg, train_cfg, data, reporter, keep_model=keep_model, on_history=on_history, early_stopping=early_stopping)

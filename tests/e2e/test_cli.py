@@ -209,6 +209,83 @@ def test_report_missing_study_exits_2(tmp_path, capsys, monkeypatch, args, messa
     assert not (tmp_path / "studies").exists()
 
 
+def test_report_without_study_reads_the_only_one_and_names_them_when_several(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    report_study.hand_made_study("sqlite:///studies/hand.db", "hand", n=4)
+    code, out, err = run_cli(["report", "--no-predictions"], capsys)
+    assert code == 0, err
+    assert "study hand: 4 trials" in out and (tmp_path / "studies" / "hand-report.html").is_file()
+
+    report_study.hand_made_study("sqlite:///studies/other.db", "other", n=4)  # two files: which one?
+    code, out, err = run_cli(["report", "--no-predictions"], capsys)
+    assert code == 2 and out == ""
+    assert err == "agesearch: error: pass --study NAME or --storage URL (study files in studies/: hand, other)\n"
+
+    report_study.hand_made_study("sqlite:///studies/hand.db", "second", n=4)  # two studies in one file
+    code, out, err = run_cli(["report", "--no-predictions", "--storage", "sqlite:///studies/hand.db"], capsys)
+    assert code == 2
+    assert err == "agesearch: error: pass --study NAME (studies in sqlite:///studies/hand.db: hand, second)\n"
+    code, out, _ = run_cli(["report", "--no-predictions", "--storage", "sqlite:///studies/other.db"], capsys)
+    assert code == 0 and "study other: 4 trials" in out
+
+
+def _subcommands(parser) -> dict:
+    """{'run': its parser, ..., 'data check': ...}: every (sub)command's parser."""
+    import argparse
+
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                inner = _subcommands(sub)
+                found.update({f"{name} {k}": v for k, v in inner.items()} if inner else {name: sub})
+    return found
+
+
+def test_study_name_is_another_spelling_of_study_wherever_study_is():
+    from agesearch.search.cli import build_parser
+
+    commands = _subcommands(build_parser())
+    with_study = {name: p for name, p in commands.items() if any("--study" in a.option_strings for a in p._actions)}
+    assert {"run", "report", "dashboard", "export", "evaluate"} <= set(with_study)
+    for name, p in with_study.items():
+        (action,) = [a for a in p._actions if "--study" in a.option_strings]
+        assert action.option_strings == ["--study", "--study-name"] and action.dest == "study", name
+
+
+def test_study_name_reaches_the_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["report", "--study-name", "ghost"], capsys)
+    assert code == 2 and "no study database at studies/ghost.db" in err
+
+
+def test_help_shows_real_defaults_only(capsys):
+    from agesearch.search.cli import build_parser
+
+    for name, p in _subcommands(build_parser()).items():
+        text = p.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+    run_help = " ".join(_subcommands(build_parser())["run"].format_help().split())
+    assert "--epochs EPOCHS most epochs per trial" in run_help and "(default: 30)" in run_help
+    assert "after a third" not in run_help.split("--epochs EPOCHS")[1].split("--image-size")[0]  # the old pruner's warm-up
+    assert "split fractions (default: 0.7,0.15,0.15)" in run_help
+    assert "--seed SEED data seed" in run_help and "(default: 0)" in run_help  # 0 is a default, not "none"
+    dash_help = " ".join(_subcommands(build_parser())["dashboard"].format_help().split())
+    assert "TCP port (default: 8080)" in dash_help
+
+
+def test_version_prints_the_installed_version_without_loading_frameworks(tmp_path):
+    from importlib.metadata import version
+
+    probe = "import sys\nfrom agesearch.search.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as e:\n" \
+            "    print('exit', e.code, [m for m in ('keras', 'tensorflow', 'jax', 'torch', 'ray') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout == f"agesearch {version('agesearch')}\nexit 0 []\n", done.stdout + done.stderr
+    done, _ = _installed(["--version"], tmp_path)
+    assert done.returncode == 0 and done.stdout == f"agesearch {version('agesearch')}\n" and done.stderr == ""
+
+
 def test_spaces_lists_every_space_with_ranges(capsys):
     code, out, _ = run_cli(["spaces", "--image-size", "64"], capsys)
     assert code == 0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,21 @@ def test_ensemble_model_rejects_a_bare_two_branch_model():
 def test_ensemble_model_rejects_members_that_share_weights(members):
     with pytest.raises(ValueError, match=r"Invalid value for `members`: must not share weights \(the same model twice\?\). Received: members 0 and 2 share 'shared_block1_conv/kernel'"):
         ensemble_model([members[0], members[1], members[0]], tta_flip=False)
+
+
+@pytest.mark.parametrize("tta_flip", [False, True])
+def test_ensemble_model_weights_count_a_member_that_many_times(members, tmp_path, tta_flip):
+    model = ensemble_model(members[:2], tta_flip=tta_flip, weights=[2, 1])
+    expected = _mean_prediction([members[0], members[0], members[1]], IMAGES, tta_flip)
+    got = model.predict(IMAGES, verbose=0)
+    np.testing.assert_allclose(got["age"], expected["age"], rtol=1e-5)
+    np.testing.assert_allclose(got["gender"], expected["gender"], rtol=1e-5)
+    model.save(tmp_path / "weighted.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "weighted.keras").predict(IMAGES, verbose=0)["age"], got["age"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [[1], [1, 0], [1, 1.5], [True, 1]])
+def test_ensemble_model_rejects_weights_that_are_not_one_positive_integer_per_member(members, weights):
+    message = f"Invalid value for `weights`: must be one positive integer per member (2). Received: weights={weights}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ensemble_model(members[:2], tta_flip=False, weights=weights)

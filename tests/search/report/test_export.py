@@ -230,7 +230,7 @@ def test_predict_missing_model_is_one_line_exit_2(tmp_path, capsys):
 
 
 def _complete_by_value(finished):
-    """The study's COMPLETE trials, best (lowest objective) first: the ensemble's expected order."""
+    """The study's COMPLETE trials, best (lowest objective) first: the order of the ensemble's candidates."""
     import optuna
 
     study = optuna.load_study(study_name=finished.name, storage=finished.url)
@@ -264,20 +264,23 @@ def test_export_ensemble_predicts_the_mean_of_its_members_flip_averaged(ensemble
     root, _ = ensembled
     card = json.loads((root / "ens.json").read_text())
     study, done = _complete_by_value(finished)
-    top3 = done[:3]
-    assert card["study"]["trials"] == [t.number for t in top3] and card["ensemble"]["tta"] == "flip"
-    # The members' own stored models, fetched with Optuna's API rather than export's.
+    by_number = {t.number: t for t in done}
+    weights = {m["trial"]: m["weight"] for m in card["members"]}
+    assert card["study"]["trials"] == list(weights) and card["ensemble"]["tta"] == "flip"
+    assert 1 <= sum(weights.values()) <= 3  # at most K picks
+    # The members' own stored models, fetched with Optuna's API rather than export's; a member
+    # of weight w counts w times in the mean.
     store = optuna.artifacts.FileSystemArtifactStore(study.user_attrs[STORE_ATTR])
     x = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3)).astype("float32")
     ages, genders = [], []
-    for t in top3:
-        path = tmp_path / f"trial-{t.number}.keras"
-        optuna.artifacts.download_artifact(artifact_store=store, file_path=str(path), artifact_id=model_artifacts(t)[-1]["artifact_id"])
+    for number, weight in weights.items():
+        path = tmp_path / f"trial-{number}.keras"
+        optuna.artifacts.download_artifact(artifact_store=store, file_path=str(path), artifact_id=model_artifacts(by_number[number])[-1]["artifact_id"])
         member = load_model(path)
         for view in (x, x[:, :, ::-1]):
             out = member.predict(view, verbose=0)
-            ages.append(out["age"])
-            genders.append(out["gender"])
+            ages += [out["age"]] * weight
+            genders += [out["gender"]] * weight
     got = keras.saving.load_model(root / "ens.keras", compile=False).predict(x, verbose=0)
     np.testing.assert_allclose(got["age"], np.mean(ages, axis=0), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(got["gender"], np.mean(genders, axis=0), rtol=1e-5, atol=1e-6)
@@ -287,9 +290,11 @@ def test_export_ensemble_card_lists_members_and_sets_the_best_single_beside_the_
     root, stdout = ensembled
     card = json.loads((root / "ens.json").read_text())
     _, done = _complete_by_value(finished)
+    by_number = {t.number: t for t in done}
     members = card["members"]
-    assert [m["trial"] for m in members] == [t.number for t in done[:3]]
-    for m, t in zip(members, done):
+    assert [m["trial"] for m in members] == list(dict.fromkeys(card["ensemble"]["selection"]["picks"]))  # by first pick
+    for m in members:
+        t = by_number[m["trial"]]
         assert m["objective"] == pytest.approx(t.user_attrs["objective"]) and m["preset"] == t.user_attrs.get("preset")
         assert METRIC_KEYS <= set(m["test_metrics"]) and m["test_metrics"]["n"] == card["data"]["split_sizes"]["test"]
     cmp = card["side_by_side"]
@@ -302,12 +307,56 @@ def test_export_ensemble_card_lists_members_and_sets_the_best_single_beside_the_
     assert card["reload_check_max_abs_diff"] < 1e-4
     # The command prints the same comparison: both models, a row per decade.
     assert f"A = best single model: trial {members[0]['trial']}, stored model" in stdout
-    listed = ", ".join(f"trial {m['trial']}" for m in members)
-    assert f"B = exported model:    ensemble of 3 ({listed}) + flip TTA" in stdout
+    listed = ", ".join(f"trial {m['trial']}" + (f" x{m['weight']}" if m["weight"] > 1 else "") for m in members)
+    assert f"B = exported model:    ensemble of {len(members)} ({listed}) + flip TTA" in stdout
     rows = [l.split() for l in stdout.splitlines()]
     assert ["age", "MAE", "(years)", f"{best['age_mae']:.2f}", f"{ens['age_mae']:.2f}"] in rows
     for decade, n in cmp["per_decade_n"].items():
         assert [decade, str(n), "images", f"{best['per_decade_mae'][decade]:.2f}", f"{ens['per_decade_mae'][decade]:.2f}"] in rows
+
+
+def test_export_ensemble_members_each_have_a_reason_and_the_val_average_is_no_worse_than_its_best_member(ensembled, finished, cache_dir):
+    """Greedy selection on val: the card's numbers, recomputed from the members' stored models."""
+    import optuna
+
+    from agesearch.models.inference import load_model
+    from agesearch.search.data.study_data import study_dataset
+    from agesearch.search.report.ensemble import pool_size, stored_model
+    from agesearch.search.report.selection import average_objective
+    from agesearch.search.store.artifacts import download_model, study_store
+    from agesearch.search.training.metrics import Baselines, predict_age_gender
+
+    root, stdout = ensembled
+    card = json.loads((root / "ens.json").read_text())
+    selection, members = card["ensemble"]["selection"], card["members"]
+    _, done = _complete_by_value(finished)
+    assert [c["trial"] for c in selection["candidates"]] == [t.number for t in done][: pool_size(3)]
+    assert len(selection["picks"]) == sum(m["weight"] for m in members) <= 3
+    # Each member says why it got in: the first is the best single candidate, each later pick
+    # lowered the val objective of the average.
+    assert members[0]["picks"][0]["step"] == 1 and members[0]["why"].startswith("step 1: first: best single candidate")
+    for m in members:
+        assert m["why"] and m["picks"] and m["why"] in stdout
+        for pick in m["picks"]:
+            assert pick["step"] == 1 or pick["val_objective_after"] < pick["val_objective_before"]
+    # The same numbers from the stored models on the study's val split.
+    study = optuna.load_study(study_name=finished.name, storage=finished.url)
+    meta = study.user_attrs["agesearch"]
+    ds, split = study_dataset(meta, cache_dir=cache_dir)
+    truth = (ds.ages[split.val], ds.genders[split.val], Baselines(**meta["baselines"]))
+    store = study_store(study, finished.url)
+    by_number = {t.number: t for t in done}
+    alone, ages, probs = [], [], []
+    for m in members:
+        model = load_model(download_model(store, stored_model(by_number[m["trial"]], store), cache_dir / "models").path)
+        age, p = predict_age_gender(model, ds.images[split.val])
+        alone.append(average_objective(age, p, *truth))
+        ages += [age] * m["weight"]
+        probs += [p] * m["weight"]
+    together = average_objective(np.mean(ages, axis=0), np.mean(probs, axis=0), *truth)
+    assert selection["val_objective"] == pytest.approx(together, abs=1e-6)
+    assert together <= min(alone) + 1e-9 and min(alone) == pytest.approx(selection["best_single_val_objective"], abs=1e-6)
+    assert alone[0] == pytest.approx(min(alone), abs=1e-9)
 
 
 def test_evaluate_and_predict_accept_an_ensemble_as_a_single_model(ensembled, synthetic_dir, capsys):
@@ -327,30 +376,32 @@ def test_evaluate_and_predict_accept_an_ensemble_as_a_single_model(ensembled, sy
     "extra, what",
     [
         ([], "with a stored model"),
-        (["--refit-on-train-val"], "to retrain (with model_config and train_config)"),
+        (["--refit-on-train-val"], "with a stored model (to score on val) and model_config and train_config (to retrain)"),
     ],
 )
-def test_export_ensemble_larger_than_complete_trials_is_one_line_exit_2_before_keras(finished, study_args, extra, what):
-    _, done = _complete_by_value(finished)
-    n = len(done)
+def test_export_ensemble_of_a_study_without_candidates_is_one_line_exit_2_before_keras(tmp_path, extra, what):
+    """--ensemble K means at most K picks (a candidate may count twice): only a study with no candidate fails."""
+    from report_study import hand_made_study
+
+    url = f"sqlite:///{tmp_path / 'hand.db'}"
+    hand_made_study(url, "hand")  # COMPLETE trials, no stored model
     code = (
         "import sys\n"
         "from agesearch.search.cli import main\n"
-        f"rc = main({['export', *study_args, '--ensemble', str(n + 1), *extra]!r})\n"
+        f"rc = main({['export', '--study', 'hand', '--storage', url, '--ensemble', '20', *extra]!r})\n"
         "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))\n"
         "sys.exit(rc)\n"
     )
     done_run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    trials = ", ".join(str(t.number) for t in done)
     assert done_run.returncode == 2
-    assert done_run.stderr == f"agesearch: error: --ensemble {n + 1}: study 'rep' has only {n} distinct COMPLETE trial(s) {what} (trials: {trials})\n"
+    assert done_run.stderr == f"agesearch: error: --ensemble 20: study 'hand' has no COMPLETE trial {what}\n"
     assert done_run.stdout.strip() == "[]"  # no framework was imported
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--ensemble", "2", "--trial", "0"], "agesearch: error: --trial and --ensemble exclude each other (--ensemble takes the top K trials)"),
+        (["--ensemble", "2", "--trial", "0"], "agesearch: error: --trial and --ensemble exclude each other (--ensemble chooses its members on val)"),
         (["--ensemble", "2", "--epochs", "3"], "agesearch: error: --epochs sets a retraining: with --ensemble it needs --refit-on-train-val (the stored models are used as they are)"),
         (["--ensemble", "0"], "agesearch export: error: argument --ensemble: must be a positive integer, got '0'"),
         # argparse's own wording (quotes around the choices vary with the Python version)
@@ -372,19 +423,55 @@ def _trial(number: int, value: float, config: str | None, params: dict | None = 
     return create_trial(value=value, params=params, distributions={k: FloatDistribution(1e-4, 1e-1, log=True) for k in params}, user_attrs=attrs | {"objective": value})
 
 
-def test_ensemble_pick_members_counts_one_configuration_once_keeping_the_better():
+def test_ensemble_candidates_count_one_configuration_once_keeping_the_better(monkeypatch):
     import optuna
 
-    from agesearch.search.errors import UsageError
-    from agesearch.search.report.ensemble import pick_members
+    from agesearch.search.report import ensemble
 
     study = optuna.create_study(study_name="dup")
-    for value, config in [(1.0, "a"), (0.5, "a"), (2.0, "b"), (0.7, "a")]:
+    for value, config in [(1.0, "a"), (0.5, "a"), (2.0, "b"), (0.7, "a"), (0.9, None)]:
         study.add_trial(_trial(len(study.trials), value, config))
-    members = pick_members(study, "sqlite://", 2, refit=True)
-    assert [m.trial.number for m in members] == [1, 2]  # trial 1 (0.5) stands for "a"; 3 and 0 are its twins
-    with pytest.raises(UsageError, match=r"^--ensemble 3: study 'dup' has only 2 distinct COMPLETE trial\(s\) to retrain \(with model_config and train_config\) \(trials: 1, 2\)$"):
-        pick_members(study, "sqlite://", 3, refit=True)
+    assert [t.number for t in ensemble.distinct_ranked(study)] == [1, 4, 2]  # trial 1 (0.5) stands for "a"; 3 and 0 are its twins
+    # Every trial has a stored model but trial 1: its twin 3 stands for "a" then.
+    monkeypatch.setattr(ensemble, "stored_model", lambda t, store: None if t.number == 1 else f"ref-{t.number}")
+    pool = ensemble.candidate_pool(study, "sqlite://", 2, refit=False)
+    assert [(m.trial.number, m.ref) for m in pool] == [(3, "ref-3"), (4, "ref-4"), (2, "ref-2")]
+    # To retrain, a candidate needs its configs as well (trial 4 has only params).
+    assert [m.trial.number for m in ensemble.candidate_pool(study, "sqlite://", 2, refit=True)] == [3, 2]
+
+
+def test_ensemble_candidate_pool_is_capped_at_the_best_max_2k_10(monkeypatch):
+    import optuna
+
+    from agesearch.search.report import ensemble
+
+    study = optuna.create_study(study_name="many")
+    for i in range(25):
+        study.add_trial(_trial(i, float(25 - i), f"c{i}"))
+    monkeypatch.setattr(ensemble, "stored_model", lambda t, store: f"ref-{t.number}")
+    assert [m.trial.number for m in ensemble.candidate_pool(study, "sqlite://", 3, refit=False)] == list(range(24, 14, -1))
+    assert len(ensemble.candidate_pool(study, "sqlite://", 8, refit=False)) == 16
+
+
+@pytest.mark.parametrize(
+    "refit, expected",
+    [
+        # stored models: a candidate picked twice is one member of weight 2
+        (False, [("ref-7", 2, 0, (1, 3)), ("ref-5", 1, 0, (2,))]),
+        # retrained: each pick is its own model, the second of trial 7's with the next seed
+        (True, [("ref-7", 1, 0, (1,)), ("ref-5", 1, 0, (2,)), ("ref-7", 1, 1, (3,))]),
+    ],
+)
+def test_ensemble_members_from_steps_weigh_or_reseed_a_candidate_picked_twice(refit, expected):
+    from agesearch.search.report.ensemble import Member, members_from_steps
+    from agesearch.search.report.selection import Step
+
+    candidates = [Member(_trial(0, 0.5, "a"), "ref-7"), Member(_trial(1, 0.6, "b"), "ref-5"), Member(_trial(2, 0.9, "c"), "ref-9")]
+    steps = [Step(0, None, 0.5), Step(1, 0.5, 0.4), Step(0, 0.4, 0.35)]
+    members = members_from_steps(candidates, steps, refit=refit)
+    assert [(m.ref, m.weight, m.seed_offset, tuple(n for n, _ in m.picks)) for m in members] == expected
+    assert members[0].why.startswith("step 1: first: best single candidate (val objective 0.5000)")
+    assert members[1].why == "step 2: val objective of the average 0.5000 -> 0.4000"
 
 
 def test_ensemble_config_key_falls_back_to_params_without_configs():
@@ -392,6 +479,17 @@ def test_ensemble_config_key_falls_back_to_params_without_configs():
 
     a, b, c = _trial(0, 1.0, None, {"lr": 1e-3}), _trial(1, 1.0, None, {"lr": 1e-2}), _trial(2, 2.0, None, {"lr": 1e-3})
     assert config_key(a) != config_key(b) and config_key(a) == config_key(c)
+
+
+def test_ensemble_config_key_ignores_the_train_seed():
+    from optuna.trial import create_trial
+
+    from agesearch.search.report.ensemble import config_key
+
+    def seeded(seed, epochs=2):
+        return create_trial(value=1.0, user_attrs={"model_config": {"filters": [8]}, "train_config": {"epochs": epochs, "seed": seed}})
+
+    assert config_key(seeded(0)) == config_key(seeded(1)) != config_key(seeded(0, epochs=3))
 
 
 def test_export_tta_flip_without_ensemble_saves_one_model_beside_its_plain_self(exported, study_args, capsys):
@@ -404,3 +502,110 @@ def test_export_tta_flip_without_ensemble_saves_one_model_beside_its_plain_self(
     assert cmp["best_single"]["trial"] == 1 and cmp["ensemble"]["trials"] == [1] and cmp["ensemble"]["tta"] == "flip"
     assert cmp["ensemble"]["age_mae"] == card["test_metrics"]["age_mae"]
     assert "A = best single model: trial 1, retrained" in stdout and "B = exported model:    trial 1, retrained, + flip TTA" in stdout
+
+
+# --- seeds, export --image-size -------------------------------------------------------------------
+
+
+def test_export_retrains_with_the_trials_recorded_seed_and_records_searched_and_trained_sizes(exported, finished):
+    import optuna
+
+    from agesearch.search.loop.sampling import trial_seed
+    from agesearch.search.store.study import best_trial
+
+    study = optuna.load_study(study_name=finished.name, storage=finished.url)
+    best = best_trial(study)
+    # The search seeds trial N with trial_seed(sampler seed, N); the sampler seed defaults to --seed (0).
+    assert best.user_attrs["seed"] == best.user_attrs["train_config"]["seed"] == trial_seed(0, best.number)
+    card = json.loads((exported / "model.json").read_text())
+    t = card["training"]
+    assert t["seed"] == card["train_config"]["seed"] == best.user_attrs["seed"]
+    assert t["searched"] == {"image_size": 32, "epochs": 2} and t["trained"] == {"image_size": 32, "epochs": 2}
+    assert card["input"]["image_size"] == 32
+
+
+def test_export_of_a_trial_made_before_seeds_uses_seed_0(learned):
+    out, _ = learned
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["seed"] == card["train_config"]["seed"] == 0
+
+
+def test_export_single_trial_at_a_larger_image_size_with_a_given_seed(exported, study_args, capsys):
+    from agesearch.models.inference import load_model
+
+    out = exported / "big" / "m.keras"
+    code, stdout, err = run_cli(["export", *study_args, "--trial", "1", "--epochs", "1", "--image-size", "48", "--seed", "5", "--out", str(out)], capsys)
+    assert code == 0, err
+    card = json.loads(out.with_suffix(".json").read_text())
+    t = card["training"]
+    assert t["searched"] == {"image_size": 32, "epochs": 2} and t["trained"] == {"image_size": 48, "epochs": 1}
+    assert t["seed"] == card["train_config"]["seed"] == 5
+    assert card["input"]["image_size"] == card["model_config"]["image_size"] == 48 and card["data"]["image_size"] == 32
+    assert load_model(out).input_shape[1:] == (48, 48, 3)
+    assert "retraining at 48 px (searched at 32 px)" in stdout
+
+
+def test_export_ensemble_refit_at_a_larger_image_size_writes_a_bigger_model_that_evaluate_scores(finished, study_args, synthetic_dir, tmp_path, capsys):
+    from agesearch.models.inference import load_model
+    from agesearch.search.report.export import recorded_seed
+
+    _, done = _complete_by_value(finished)
+    by_number = {t.number: t for t in done}
+    out = tmp_path / "ens48.keras"
+    code, _, err = run_cli(["export", *study_args, "--image-size", "48", "--ensemble", "2", "--refit-on-train-val", "--epochs", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["input"]["image_size"] == 48 and card["data"]["image_size"] == 32
+    assert card["members"]
+    for m in card["members"]:
+        t = m["training"]
+        assert t["searched"] == {"image_size": 32, "epochs": 2} and t["trained"] == {"image_size": 48, "epochs": 1}
+        assert t["model_config"]["image_size"] == 48
+        # Each member retrains with its own trial's seed (the n-th pick of one trial: + n).
+        assert t["seed"] == (recorded_seed(by_number[m["trial"]]) + m.get("seed_offset", 0)) % 2**32
+    assert load_model(out).input_shape[1:] == (48, 48, 3)
+    # evaluate takes the model's input size, not the study's.
+    code, stdout, err = run_cli(["evaluate", "--model", str(out), "--data", str(synthetic_dir), "--limit", "20", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert r["image_size"] == 48 and r["n"] == 20 and r["age_mae"] >= 0 and 0 <= r["gender_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    "model, size, why",
+    [
+        (dict(image_size=32, shared_blocks=1, age_blocks=4, gender_blocks=4, filters=(8, 16, 32, 64, 128)), 16,
+         "Invalid value for `shared_blocks + max(age_blocks, gender_blocks)`: each block halves the image, so at most 4 blocks fit image_size=16. "
+         "Received: shared_blocks + max(age_blocks, gender_blocks)=5"),
+        (dict(image_size=96, shared_blocks=0, age_blocks=0, gender_blocks=0, filters=(), backbone="inceptionv3"), 48,
+         "Invalid value for `image_size`: must be >= 75 for backbone='inceptionv3'. Received: image_size=48"),
+    ],
+)
+def test_export_image_size_a_trial_does_not_fit_is_one_line_exit_2_nothing_written(tmp_path, capsys, model, size, why):
+    import optuna
+    from optuna.trial import create_trial
+
+    from agesearch.models import ModelConfig, TrainConfig
+    from agesearch.search.errors import UsageError
+    from agesearch.search.report.ensemble import Member, export_ensemble
+
+    url = f"sqlite:///{tmp_path / 'deep.db'}"
+    study = optuna.create_study(study_name="deep", storage=url)
+    study.set_user_attr("agesearch", {"data": "synthetic", "image_size": model["image_size"]})  # never loaded: the check comes first
+    cfg = ModelConfig(**model)
+    study.add_trial(create_trial(value=1.0, user_attrs={"model_config": cfg.to_dict(), "train_config": TrainConfig(epochs=1).to_dict(), "objective": 1.0}))
+    message = f"--image-size {size}: trial 0 (searched at {cfg.image_size} px) does not fit: {why}"
+    out = tmp_path / "m.keras"
+    code, _, err = run_cli(["export", "--study", "deep", "--storage", url, "--image-size", str(size), "--out", str(out)], capsys)
+    assert code == 2 and err == f"agesearch: error: {message}\n"
+    # An ensemble member the same, before any data loads or any member trains.
+    with pytest.raises(UsageError) as e:
+        export_ensemble(study, url, [Member(study.trials[0])], out, refit_on_train_val=True, image_size=size)
+    assert str(e.value) == message
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("m")]  # no model, card or temporary file
+
+
+def test_export_ensemble_image_size_without_refit_is_one_line_exit_2(study_args, capsys):
+    code, _, err = run_cli(["export", *study_args, "--ensemble", "2", "--image-size", "48"], capsys)
+    assert code == 2
+    assert err == "agesearch: error: --image-size 48 retrains: with --ensemble it needs --refit-on-train-val (stored models cannot change size)\n"
