@@ -212,6 +212,9 @@ def _add_run(sub) -> None:
     r.add_argument("--keep-models", type=positive_int, metavar="K", help="keep only the best K trials' models in the artifact store (default: every complete trial's)")
     r.add_argument("--max-flops", type=positive_float, metavar="F", help="refuse (PRUNED, never trained) a draw whose model needs more than F FLOPs per image, e.g. 2e8")
     r.add_argument("--max-flops-ratio", type=non_negative(float), default=4.0, metavar="R", help="refuse a draw over R times the FLOPs of the best preset trial (presets and retries are never refused; no cap without presets; 0: off)")
+    r.add_argument("--mlflow", metavar="URI", help="log each finished trial as an MLflow run (params, per-epoch metrics, state, model) of the experiment named as the study, "
+                   "e.g. sqlite:///mlflow.db or http://HOST:5000; needs the mlflow extra")
+    r.add_argument("--tensorboard", metavar="DIR", help="write Keras' TensorBoard logs of each trial to DIR/trial-N (tensorboard --logdir DIR)")
     _add_run_ray(r)
     r.set_defaults(handler=cmd_run, optuna=True)
 
@@ -247,7 +250,7 @@ def run_options(args):
         backbone_weights=args.backbone_weights, baselines=False if args.no_baselines else args.baselines,
         max_flops=args.max_flops, max_flops_ratio=args.max_flops_ratio or None, workers=args.workers, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, address=args.address, max_retries=args.max_retries, artifacts=args.artifacts,
-        keep_models=args.keep_models,
+        keep_models=args.keep_models, mlflow=args.mlflow, tensorboard=args.tensorboard,
     ).check(args.image_size)
 
 
@@ -437,9 +440,11 @@ def cmd_data_check(args) -> int:
 def _add_export(sub) -> None:
     ex = sub.add_parser(
         "export",
-        help="retrain the best (or a chosen) trial, or build an ensemble chosen on val, save a .keras model and a JSON card, print test metrics",
+        help="retrain the best (or a chosen) trial, or build an ensemble chosen on val, save a .keras model (and --format) with JSON and Markdown cards, print test metrics",
         description="Rebuild a trial's configs, retrain on the study's train split (val for early stopping), save an "
-        "inference model (age in years, P(female)) as .keras plus a JSON model card next to it, and print the "
+        "inference model (age in years, P(female)) as .keras (with --format, also as ONNX, LiteRT or a SavedModel beside it) "
+        "plus two model cards next to it, model.json for machines and model.md for people (intended use, the data's terms, "
+        "test metrics per age decade, gender and race), and print the "
         "test-split metrics. Default trial: the best one (multi-objective: the lowest combined objective on the Pareto front). "
         "With --ensemble K: one model averaging at most K members chosen by greedy selection on val from the stored models "
         "(no retraining unless --refit-on-train-val, optionally at another --image-size), shown beside the best single model on the test split.",
@@ -459,41 +464,28 @@ def _add_export(sub) -> None:
     _add(ex, ("--seed", dict(default=None, help="seed of the weight initialisation, shuffling, augmentation and dropout (default: the one the search "
                                                 "trained the trial with, 0 for trials made before trials were seeded)")), "--cache-dir")
     _add(ex, ("--artifacts", dict(help="artifact store of the trials' models, for --ensemble (default: the one the study recorded, else studies/<study>-artifacts/)")))
+    ex.add_argument("--format", choices=["keras", "onnx", "litert", "saved_model"], default="keras",
+                    help="also write the model beside the .keras file for runtimes without agesearch or Keras: onnx (model.onnx, onnxruntime; "
+                    "pip install 'agesearch[onnx]'), litert (model.tflite), saved_model (model_saved_model/, TensorFlow); each checked against the Keras model")
     ex.set_defaults(handler=cmd_export, optuna=True)
 
 
 def cmd_export(args) -> int:
-    """`agesearch export`: retrain (or, with --ensemble, average stored models), save model + card, print the test-split metrics."""
-    from agesearch.search.store.artifacts import models_dir
-    from agesearch.search.report.export import MODEL_FILE, check_out_path, export_trial, format_side_by_side, open_study, pick_trial, resized_config
+    """`agesearch export`: `export_study` (search/report/export_study.py, which `agesearch.export` calls too), then
+    print the card: how it was trained or its members, the test-split metrics, the files."""
+    from agesearch.search.report.export import format_side_by_side
+    from agesearch.search.report.export_study import export_study
     from agesearch.search.training.metrics import format_metrics
 
-    if args.ensemble is not None and args.trial is not None:
-        raise UsageError("--trial and --ensemble exclude each other (--ensemble chooses its members on val)")
-    if args.ensemble is not None and args.epochs is not None and not args.refit_on_train_val:
-        raise UsageError("--epochs sets a retraining: with --ensemble it needs --refit-on-train-val (the stored models are used as they are)")
-    if args.ensemble is not None and args.image_size is not None and not args.refit_on_train_val:
-        raise UsageError(f"--image-size {args.image_size} retrains: with --ensemble it needs --refit-on-train-val (stored models cannot change size)")
-    study, url = open_study(args.study, args.storage)
+    start = time.perf_counter()
+    card, out = export_study(args.study, args.storage, args.out, trial=args.trial, ensemble=args.ensemble, tta=args.tta, epochs=args.epochs,
+                             refit_on_train_val=args.refit_on_train_val, image_size=args.image_size, seed=args.seed, cache_dir=args.cache_dir,
+                             artifacts=args.artifacts, format=args.format)
     if args.ensemble is not None:
-        from agesearch.search.report.ensemble import export_ensemble, format_members, pick_members
+        from agesearch.search.report.ensemble import format_members
 
-        out = check_out_path(args.out or models_dir(url, args.study) / MODEL_FILE)
-        # No candidate fails before Keras loads; the selection then scores the candidates on val.
-        members = pick_members(study, url, args.ensemble, refit=args.refit_on_train_val, spec=args.artifacts, cache_dir=args.cache_dir)
-        import_keras_quietly()
-        start = time.perf_counter()
-        card = export_ensemble(study, url, members, out, tta_flip=args.tta == "flip", refit_on_train_val=args.refit_on_train_val,
-                               epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir, spec=args.artifacts, image_size=args.image_size)
         print(format_members(card))
     else:
-        trial = pick_trial(study, args.trial)
-        resized_config(trial, args.image_size)  # before Keras: a config too deep for the size fails at once
-        out = check_out_path(args.out or models_dir(url, args.study) / MODEL_FILE)
-        import_keras_quietly()
-        start = time.perf_counter()
-        card = export_trial(study, trial, out, epochs=args.epochs, refit_on_train_val=args.refit_on_train_val, seed=args.seed,
-                            cache_dir=args.cache_dir, tta_flip=args.tta == "flip", image_size=args.image_size)
         t = card["training"]
         print(f"trained in {t['seconds']:.1f}s ({t['epochs_run']} epochs, weights of epoch {t['weights_from_epoch']}); "
               f"search's val age MAE {card['study']['search_val_age_mae']}, this run's {t['val_age_mae']}")
@@ -501,7 +493,10 @@ def cmd_export(args) -> int:
     print(format_metrics(m, f"test split of study {args.study}") if m["n"] else "no test split (its fraction is 0): no test metrics")
     if "side_by_side" in card:
         print(format_side_by_side(card["side_by_side"], f"best single model vs exported, test split of study {args.study}"))
-    print(f"model: {out}\ncard:  {out.with_suffix('.json')}  ({time.perf_counter() - start:.1f}s in all)")
+    for x in card["exports"]:
+        check = f"largest difference from the Keras model {x['max_abs_diff']:.2g} ({x['checked_with']})" if x["max_abs_diff"] is not None else f"not checked: {x['not_checked']}"
+        print(f"{x['format']}: {out.with_name(x['file'])}  ({check})")
+    print(f"model: {out}\ncard:  {out.with_suffix('.json')}, {out.with_suffix('.md')}  ({time.perf_counter() - start:.1f}s in all)")
     return 0
 
 

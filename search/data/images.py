@@ -17,6 +17,7 @@ from agesearch.search.errors import DataError
 from agesearch.search.files import atomic_folder
 
 GENDERS = ("male", "female")  # UTKFace's gender codes: 0 = male, 1 = female
+RACES = ("White", "Black", "Asian", "Indian", "Others")  # UTKFace's race codes 0-4, its own names
 
 
 def decade_label(age: int) -> str:
@@ -39,7 +40,7 @@ CACHE_FORMAT = 1
 class FaceLabel:
     age: int  # 0..116 years
     gender: int  # 0 = male, 1 = female
-    race: int  # 0..4, parsed and kept, not used by the models
+    race: int  # 0..4 (RACES), not used by the models; the cards score by it
     stamp: str  # capture date-time digits
 
 

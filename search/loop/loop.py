@@ -1,7 +1,10 @@
 """The one search loop: ask -> sample -> run -> tell, whichever executor runs the trials.
 
 `TrialLoop` owns every decision about a trial's life, for both executors:
-  - the stop rule: the study's `n_trials` across processes, the timeout, a grid used up, Ctrl-C;
+  - the stop rule: the study's `n_trials` across processes, the timeout, a grid used up, Ctrl-C,
+    `study.stop()` from a callback;
+  - the callbacks: Optuna-style `(study, frozen_trial)` calls after each trial is told, as
+    `study.optimize(..., callbacks=[...])` makes them (the user's, the trackers', KeepBestModels);
   - sampling: a space that cannot sample is FAIL ("sampling failed: ..."), a draw over the cost
     cap is PRUNED before it trains (`TrialRefused`, user attr `refused`);
   - each epoch's report and the pruner's answer;
@@ -151,6 +154,11 @@ class TrialLoop:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> LoopStats:
+        # `study.stop()` from a callback works as under `study.optimize` (optuna's MaxTrialsCallback
+        # and early-stopping callbacks call it): Optuna allows it only inside its optimize loop,
+        # which it marks with these two private fields; this loop sets them the same way.
+        self.study._stop_flag = False  # noqa: SLF001
+        self.study._thread_local.in_optimize_loop = True  # noqa: SLF001
         try:
             while True:
                 self.fail_stale()
@@ -168,6 +176,7 @@ class TrialLoop:
         except KeyboardInterrupt:
             self.on_interrupt()
         finally:
+            self.study._thread_local.in_optimize_loop = False  # noqa: SLF001
             for stack in self.beats.values():
                 stack.close()
             self.executor.close()
@@ -176,7 +185,9 @@ class TrialLoop:
         return self.stats
 
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        """The timeout passed, or a callback called `study.stop()`: no trial starts any more."""
+        stopped = getattr(self.study, "_stop_flag", False)
+        return stopped or (self.deadline is not None and time.monotonic() >= self.deadline)
 
     def study_done(self) -> bool:
         sampler = self.study.sampler

@@ -109,6 +109,8 @@ class RunOptions:
     live: bool | None = None  # the live epoch line; default: when stdout is a terminal
     artifacts: str | None = None  # where trial models go: a folder or s3://BUCKET/PREFIX
     keep_models: int | None = None  # keep only the best K models in the store
+    mlflow: str | None = None  # MLflow tracking URI: each finished trial becomes a run of the experiment named as the study
+    tensorboard: str | None = None  # folder of Keras' TensorBoard logs, one sub-folder trial-N per trial
 
     @property
     def multi(self) -> bool:
@@ -165,6 +167,12 @@ class RunOptions:
             from agesearch.search.store.artifacts import check_spec
 
             check_spec(self.artifacts)
+        from agesearch.search.report.trackers import check_mlflow_installed, check_tensorboard  # light: no framework
+
+        if self.mlflow is not None:
+            check_mlflow_installed()  # reaching the tracking store is run_search's, before the data loads
+        if self.tensorboard is not None:
+            check_tensorboard(self.tensorboard)
         if self.baselines:
             try:
                 baseline_trials(self.space, image_size, self.baselines)

@@ -27,11 +27,14 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.trial import FrozenTrial
 
+from agesearch.search.errors import UsageError
 from agesearch.search.loop.loop import InProcessExecutor, TrialLoop
 from agesearch.search.loop.options import PRUNERS, RunOptions
 from agesearch.search.loop.progress import EpochProgress, ProgressLine
@@ -51,6 +54,24 @@ class DataSpec:
     limit: int | None = None  # a seeded random subset of this many images
     synthetic_count: int = 1200  # images of the built-in synthetic set
     cache_dir: Path | None = None  # decoded-image cache
+
+    def __post_init__(self) -> None:
+        """The CLI's argument types, for the Python API: one UsageError naming the field."""
+        from agesearch.search.data.images import check_split
+
+        def invalid(name: str, rule: str) -> UsageError:
+            return UsageError(f"Invalid value for `{name}`: {rule}. Received: {name}={getattr(self, name)!r}")
+
+        for name, low in (("image_size", 16), ("synthetic_count", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise invalid(name, f"must be an integer >= {low}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise invalid("limit", "must be a positive integer or None")
+        try:
+            check_split(self.split)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
 
 def load_data(spec: DataSpec):
@@ -98,13 +119,17 @@ def study_meta(spec: DataSpec, space: str, objective: str, ds, split, baselines)
     }
 
 
-def run_search(space: str | RunOptions, *, data: DataSpec = DataSpec(), **options) -> optuna.Study:
+def run_search(space: str | RunOptions, *, data: DataSpec = DataSpec(), callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+               **options) -> optuna.Study:
     """Run or resume a search until the study holds `n_trials` finished trials.
 
     `run_search("train", data=DataSpec(...), n_trials=8, epochs=6)` or
     `run_search(RunOptions(...), data=...)`: the keyword arguments are RunOptions' fields
     (loop/options.py documents each). See the module docstring for seeds, several processes
-    and Ctrl-C.
+    and Ctrl-C. `callbacks` are Optuna-style `(study, frozen_trial)` calls after each trial
+    this process finishes, as in `study.optimize(..., callbacks=[...])` (`study.stop()` in one
+    ends the search once the running trials are done); with `mlflow`, an MlflowTracker comes
+    first, and the models of trials out of `keep_models` are removed after them all.
 
     Raises:
         UsageError, DataError, StorageError, StudyMismatch, DistributedError: bad input, one line.
@@ -119,6 +144,7 @@ def run_search(space: str | RunOptions, *, data: DataSpec = DataSpec(), **option
     presets = [] if o.baselines is False else baseline_trials(o.space, data.image_size, o.baselines)
     spec = resolve_spec(o.artifacts, url, o.study)
     store_for(spec)  # a missing boto3 or a folder that cannot be made fails here, before the data loads
+    trackers = tracker_callbacks(o)  # an MLflow URI that cannot be used too
 
     ds, split, train_data = load_data(data)
     grid_of = space_grid(o.space)
@@ -144,11 +170,26 @@ def run_search(space: str | RunOptions, *, data: DataSpec = DataSpec(), **option
             spec = study.user_attrs.get(STORE_ATTR, spec)
         record_store(study, spec)
         sample = job_sampler(study, fn, o, data.image_size, spec)
-        _execute(study, sample, train_data, o, data.cache_dir, callbacks=[KeepBestModels(store_for(spec), o.keep_models), ProgressLine(o.multi)])
+        _execute(study, sample, train_data, o, data.cache_dir,
+                 callbacks=[*trackers, *callbacks, KeepBestModels(store_for(spec), o.keep_models), ProgressLine(o.multi)])
     from agesearch.search.report.summary import summarize
 
     print(summarize(study), flush=True)
     return study
+
+
+def tracker_callbacks(o: RunOptions) -> list:
+    """The callbacks of `--mlflow` (its URI checked now, before the data loads); a line for each tracker."""
+    if o.tensorboard is not None:
+        print(f"tensorboard: each trial's epochs go to {Path(o.tensorboard).expanduser().resolve()}/trial-N "
+              f"(tensorboard --logdir {o.tensorboard})", flush=True)
+    if o.mlflow is None:
+        return []
+    from agesearch.search.report.trackers import MlflowTracker
+
+    tracker = MlflowTracker(o.mlflow, o.study)
+    print(f"mlflow: each finished trial becomes a run of experiment {o.study!r} in {o.mlflow}", flush=True)
+    return [tracker]
 
 
 def cost_cap(study: optuna.Study, o: RunOptions) -> float | None:
@@ -165,6 +206,7 @@ def cost_cap(study: optuna.Study, o: RunOptions) -> float | None:
 
 def job_sampler(study: optuna.Study, space, o: RunOptions, image_size: int, artifacts: str):
     """`sample(trial) -> TrainJob`: the configs, how they were drawn, their cost (refused over the cap)."""
+    from agesearch.search.report.trackers import tensorboard_dir
 
     def sample(trial: optuna.Trial) -> TrainJob:
         model_cfg, train_cfg = sample_configs(trial, space, image_size, o.epochs, seed=trial_seed(study.user_attrs[st.META_KEY]["seed"] if o.sampler_seed is None else o.sampler_seed, trial.number))
@@ -175,7 +217,8 @@ def job_sampler(study: optuna.Study, space, o: RunOptions, image_size: int, arti
         # A perturbation was planned under the cap (sampling.IncumbentPerturbation draws again
         # over it), so only a draw of the inner sampler is refused here.
         check_cost(trial, model_cfg, None if fixed else cost_cap(study, o))
-        return TrainJob(model_cfg, train_cfg, o.multi, artifacts)
+        board = None if o.tensorboard is None else tensorboard_dir(o.tensorboard, trial.number)
+        return TrainJob(model_cfg, train_cfg, o.multi, artifacts, tensorboard=board)
 
     return sample
 

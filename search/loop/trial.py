@@ -49,6 +49,7 @@ class TrainJob:
     train_cfg: TrainConfig
     multi: bool
     artifacts: str | None = None  # artifact store spec: the trainer uploads the model there
+    tensorboard: str | None = None  # this trial's TensorBoard folder (DIR/trial-N), written where it trains
 
 
 class TrialRefused(Exception):
@@ -123,6 +124,7 @@ def train_configs(
     multi: bool = False,
     model_path: str | None = None,
     artifacts: str | None = None,
+    tensorboard: str | None = None,
 ) -> TrialOutcome:
     """Clear state, build, fit with per-epoch reports, return the outcome.
 
@@ -132,6 +134,7 @@ def train_configs(
     .keras inference model (age in years, P(female); see `agesearch.models.inference`).
     With `artifacts` (a store spec, `artifacts.resolve_spec`), it is uploaded there instead,
     from this process (a Ray worker needs no shared folder), and the outcome carries its id.
+    With `tensorboard` (a folder), Keras' TensorBoard callback writes the trial's curves there.
     """
     from agesearch.search.training.fit import PruneRequested, fit  # imports Keras
 
@@ -139,7 +142,7 @@ def train_configs(
     artifact_id = None
     keep = model_path is not None or artifacts is not None
     try:
-        result = fit(model_cfg, train_cfg, data, reporter, on_history=history.update, keep_model=keep)
+        result = fit(model_cfg, train_cfg, data, reporter, on_history=history.update, keep_model=keep, tensorboard=tensorboard)
         if keep:
             from agesearch.models.inference import inference_model
             from agesearch.search.store.artifacts import save_model
@@ -242,7 +245,7 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str, *, max_ret
 
 def train_job(job: TrainJob, data, reporter) -> TrialOutcome:
     """The work of one agesearch trial, wherever it runs (module-level: Ray pickles it by name)."""
-    return train_configs(job.model_cfg, job.train_cfg, data, reporter, multi=job.multi, artifacts=job.artifacts)
+    return train_configs(job.model_cfg, job.train_cfg, data, reporter, multi=job.multi, artifacts=job.artifacts, tensorboard=job.tensorboard)
 
 
 def check_cost(trial: optuna.Trial, model_cfg: ModelConfig, cap: float | None) -> None:

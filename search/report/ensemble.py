@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agesearch.search.errors import UsageError
-from agesearch.search.files import atomic_path, write_json
 
 
 @dataclass(frozen=True)
@@ -256,8 +255,9 @@ def export_ensemble(
     cache_dir: Path | None = None,
     spec: str | None = None,
     image_size: int | None = None,
+    format: str = "keras",
 ) -> dict:
-    """Join `members` into one inference model, save it with its card, return the card.
+    """Join `members` into one inference model, save it with its cards, return the JSON card.
 
     Args:
         study: the Optuna study (its "agesearch" user attr says which data and split).
@@ -276,11 +276,15 @@ def export_ensemble(
         spec: the artifact store `pick_members` was given (default: the study's).
         image_size: with `refit_on_train_val`, retrain every member at this many pixels; UsageError
             without it (a stored model cannot change size) or for a member that does not fit.
+        format: also write the ensemble as onnx, litert or saved_model beside `out`
+            (formats.py); UsageError, before anything loads, if it cannot be written here.
     """
     from agesearch.models.ensemble import ensemble_model
     from agesearch.models.inference import load_model
     from agesearch.search.report import export as ex
+    from agesearch.search.report.formats import check_format
 
+    check_format(format)
     if image_size is not None and not refit_on_train_val:
         raise UsageError(f"--image-size {image_size} retrains: with --ensemble it needs --refit-on-train-val (stored models cannot change size)")
     meta, ds, split = ex.study_data_at(study, [m.trial for m in members], image_size, cache_dir=cache_dir)
@@ -294,15 +298,10 @@ def export_ensemble(
         models = [load_model(p) for p in paths]
     member_metrics = [ex.score_on_test(m, ds, split) for m in models]
     model = ensemble_model(models, tta_flip=tta_flip, weights=[m.weight for m in members])
-    with atomic_path(out) as tmp_out:  # as export_trial: no half model, none that reloads wrong
-        model.save(tmp_out)
-        metrics, reload_diff = ex._test_and_reload(model, tmp_out, ds, split)
-        if reload_diff > ex.RELOAD_TOLERANCE:
-            raise UsageError(f"the saved ensemble does not reproduce the built one (largest difference {reload_diff:.3g}); nothing was exported")
+    metrics, groups, reload_diff, exports = ex.save_model(model, out, ds, split, format)  # as export_trial's: all or nothing
     card = _card(study, members, out, meta, split, member_metrics, metrics, reload_diff, tta_flip, refit_on_train_val, training)
     card["input"]["image_size"] = int(ds.images.shape[1])  # the model's input: the trained size, not the searched one
-    write_json(out.with_suffix(".json"), card, indent=2, default=ex.json_default)
-    return card
+    return ex.write_cards(card, out, groups, exports)
 
 
 def _refit_members(study, members, ds, split, tmp: Path, training: dict, *, epochs: int | None, seed: int | None,

@@ -20,6 +20,12 @@ the card's training entry keeps both, `searched` and `trained` (image size, epoc
 `--tta flip` saves the retrained model wrapped with horizontal-flip test-time augmentation
 (models/ensemble.py) and puts the plain and the flipped model side by side in the card;
 `--ensemble K` (search/report/ensemble.py) averages the stored models of the top K trials.
+
+`--format onnx|litert|saved_model` writes the model in that format too, beside the `.keras`
+file (search/report/formats.py), for runtimes without agesearch or Keras. Every export writes
+two cards beside the model: the JSON one for machines (`model.json`) and a Markdown one for
+people (`model.md`, search/report/model_card.py: intended use, the data's terms, test metrics
+per age decade, gender and race with counts, sizes, members).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpy as np
 
 from agesearch.search.errors import UsageError
 from agesearch.search.files import atomic_path, write_json
-from agesearch.search.training.metrics import age_gender_metrics, predict_age_gender
+from agesearch.search.training.metrics import age_gender_metrics, group_metrics, predict_age_gender
 
 MODEL_FILE = "model.keras"
 
@@ -226,8 +232,9 @@ def export_trial(
     cache_dir: Path | None = None,
     tta_flip: bool = False,
     image_size: int | None = None,
+    format: str = "keras",
 ) -> dict:
-    """Retrain `trial`'s configs on the study's data, save model + card, return the card.
+    """Retrain `trial`'s configs on the study's data, save model + cards, return the JSON card.
 
     Args:
         study: the Optuna study (its "agesearch" user attr says which data and split).
@@ -244,7 +251,13 @@ def export_trial(
         image_size: train (and test) at this many pixels instead of the searched size: the
             study's images and split, decoded at that size; the card's training entry records
             both sizes. UsageError if the configuration does not fit it.
+        format: also write the model as onnx, litert or saved_model beside `out`
+            (formats.py); "keras": the .keras file only. UsageError, before anything trains,
+            if that format cannot be written here.
     """
+    from agesearch.search.report.formats import check_format
+
+    check_format(format)
     meta, ds, split = study_data_at(study, [trial], image_size, cache_dir=cache_dir)
     trained = retrain(study, trial, ds, split, epochs=epochs, refit_on_train_val=refit_on_train_val, seed=seed, image_size=image_size)
     model = trained.model
@@ -253,11 +266,7 @@ def export_trial(
 
         plain_metrics = score_on_test(model, ds, split)
         model = ensemble_model([model], tta_flip=True)
-    with atomic_path(out) as tmp:  # a reader never finds half a model, nor one that reloads wrong
-        model.save(tmp)
-        metrics, reload_diff = _test_and_reload(model, tmp, ds, split)
-        if reload_diff > RELOAD_TOLERANCE:
-            raise UsageError(f"the saved model does not reproduce the trained one (largest difference {reload_diff:.3g}); nothing was exported")
+    metrics, groups, reload_diff, exports = save_model(model, out, ds, split, format)
     card = _card(study, trial, out, meta, split, trained, metrics, reload_diff)
     if tta_flip:
         card["tta"] = "flip"
@@ -265,7 +274,47 @@ def export_trial(
             single=plain_metrics, single_label=f"trial {trial.number}, retrained", single_trial=trial.number,
             ensemble=metrics, ensemble_label=f"trial {trial.number}, retrained, + flip TTA", ensemble_trials=[trial.number], tta="flip",
         )
+    return write_cards(card, out, groups, exports)
+
+
+def save_model(model, out: Path, ds, split, format: str = "keras") -> tuple[dict, dict, float, list[dict]]:
+    """Save `model` as `out` (.keras) and, unless `format` is "keras", in that format beside it;
+    score it on the test split.
+
+    The .keras file and the other format appear together or not at all: a reader never finds
+    half a model, one that reloads wrong, or an exported file that computes other answers.
+
+    Returns:
+        (test metrics, test metrics by group, the reload check's largest difference, the card's
+        `exports` entries).
+
+    Raises:
+        UsageError: the reloaded .keras file or the exported one differs from `model`.
+    """
+    from agesearch.search.report.formats import export_format
+
+    exports = []
+    with atomic_path(out) as tmp:
+        model.save(tmp)
+        metrics, groups, reload_diff = _test_and_reload(model, tmp, ds, split)
+        if reload_diff > RELOAD_TOLERANCE:
+            raise UsageError(f"the saved .keras file does not reproduce the model (largest difference {reload_diff:.3g}); nothing was exported")
+        if format != "keras":
+            exports.append(export_format(model, out, format, probe_images(ds, split)))
+    return metrics, groups, reload_diff, exports
+
+
+def write_cards(card: dict, out: Path, groups: dict, exports: list[dict]) -> dict:
+    """Add the per-group test metrics, the exported formats and the data's terms to `card`, write
+    it as `out`.json and the Markdown card as `out`.md; return it."""
+    from agesearch.search.report.model_card import data_terms, write_markdown
+
+    card["test_metrics_by_group"] = groups | {"split": "test"}
+    card["exports"] = exports
+    card["data"]["terms"] = data_terms(card["data"])
+    card["model_card"] = out.with_suffix(".md").name
     write_json(out.with_suffix(".json"), card, indent=2, default=json_default)
+    write_markdown(card, out.with_suffix(".md"))
     return card
 
 
@@ -317,17 +366,26 @@ def format_side_by_side(cmp: dict, title: str) -> str:
 RELOAD_TOLERANCE = 1e-3
 
 
-def _test_and_reload(model, out: Path, ds, split) -> tuple[dict, float]:
-    """Test-split metrics, and the largest difference between the model and the file reloaded."""
+def probe_images(ds, split) -> np.ndarray:
+    """The few images a saved file is checked on: the first 16 of the test split (of the data if it has none)."""
+    test = split.test
+    return ds.images[test[:16]] if len(test) else ds.images[:16]
+
+
+def _test_and_reload(model, out: Path, ds, split) -> tuple[dict, dict, float]:
+    """Test-split metrics, overall and by group, and the largest difference between the model
+    and the file reloaded."""
     from agesearch.models.inference import load_model
 
     test = split.test
-    metrics = score_on_test(model, ds, split)
-    probe = ds.images[test[:16]] if len(test) else ds.images[:16]
+    age, p_female = predict_age_gender(model, ds.images[test])
+    metrics = age_gender_metrics(ds.ages[test], ds.genders[test], age, p_female)
+    groups = group_metrics(ds.ages[test], ds.genders[test], ds.races[test], age, p_female)
+    probe = probe_images(ds, split)
     reloaded = load_model(out)
     a1, g1 = predict_age_gender(model, probe)
     a2, g2 = predict_age_gender(reloaded, probe)
-    return metrics, float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
+    return metrics, groups, float(max(np.max(np.abs(a1 - a2), initial=0.0), np.max(np.abs(g1 - g2), initial=0.0)))
 
 
 def card_header(study, out: Path, meta: dict, split, *, image_size: int | None = None) -> dict:

@@ -4,7 +4,11 @@ The model comes from the study's artifact store (the best trial that still has o
 study made before artifacts, from `studies/<study>/best.keras`; the images and split are
 reloaded from the study's metadata. Metrics come from `search/training/metrics.py`, the same functions
 evaluate and export use. Drawn by hand (no library offers them): the face grid, the
-predicted-vs-true scatter and the MAE per age decade.
+predicted-vs-true scatter and the MAE per age decade, and the table per age decade, gender and
+race (`group_metrics`, as the export's model card has it on test).
+
+Like the rest of the report, everything here is on the validation split: the test split waits
+for `agesearch export`, whose model cards hold the same table on test.
 """
 
 from __future__ import annotations
@@ -108,13 +112,31 @@ def _errors_figure(true_age, pred_age, right_gender, m: dict):
     return fig
 
 
+def group_table_html(groups: dict, split: str) -> str:
+    """The per-group table (decade, gender, race; each with its count), small groups marked."""
+    import pandas as pd
+
+    from agesearch.search.report.page import table_html
+    from agesearch.search.training.metrics import group_rows
+
+    few = groups["few_faces_below"]
+    rows = [
+        {"by": kind, "group": group, "faces": n, "age MAE (years)": mae, "gender accuracy": acc, "": ("no face" if n == 0 else f"few faces (< {few})") if small else ""}
+        for kind, group, n, mae, acc, small in group_rows(groups)
+    ]
+    caption = (f"By group, on the {groups['n']} {split} images (the report shows the validation split only; the test split is for "
+               f"`agesearch export`, whose model card has this table on test). Race and gender are UTKFace's labels.")
+    warn = f'<p class="note">Few faces (fewer than {few}) in {html.escape(", ".join(groups["few"]))}: their numbers are rough.</p>' if groups["few"] else ""
+    return f'<div id="groups"><h3>By age decade, gender and race</h3><p class="intro">{html.escape(caption)}</p>{table_html(pd.DataFrame(rows), index=False)}{warn}</div>'
+
+
 def predictions_section(study: optuna.Study, storage_url: str | None, *, artifacts: str | None = None, cache_dir: Path | None = None) -> tuple[Section, dict | None]:
     """20 val faces across decades and genders, predicted vs true, MAE per decade.
 
     Returns the section and the numbers shown, or None (with a note in the section) when there
     is no model or the data cannot be found again.
     """
-    from agesearch.search.training.metrics import age_gender_metrics, predict_age_gender
+    from agesearch.search.training.metrics import age_gender_metrics, group_metrics, predict_age_gender
 
     sec = Section("predictions", "Predictions of the best model", f"{N_FACES} validation faces across age decades and both genders: predicted age, gender (P(female) in brackets; green right, red wrong) and the truth.")
     loaded = _load(study, storage_url, artifacts, cache_dir, sec)
@@ -140,4 +162,7 @@ def predictions_section(study: optuna.Study, storage_url: str | None, *, artifac
     picked = spread_faces(true_age, true_gender)
     sec.body.append(_faces_html(images, pred_age, p_female, true_age, true_gender, picked))
     sec.body.append(fig_html(_errors_figure(true_age, pred_age, (p_female >= 0.5) == true_gender, m), "plot-predictions", 440))
-    return sec, {"trial": ref.trial, "val_age_mae": m["age_mae"], "val_gender_accuracy": m["gender_accuracy"], "faces": len(picked), "per_decade_mae": m["per_decade_mae"]}
+    groups = group_metrics(true_age, true_gender, ds.races[split.val], pred_age, p_female)
+    sec.body.append(group_table_html(groups, "validation"))
+    return sec, {"trial": ref.trial, "val_age_mae": m["age_mae"], "val_gender_accuracy": m["gender_accuracy"], "faces": len(picked), "per_decade_mae": m["per_decade_mae"],
+                 "by_group": groups}

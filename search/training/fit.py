@@ -66,7 +66,9 @@ class EpochReport(keras.callbacks.Callback):
     optuna-integration's KerasPruningCallback only reads a logs key and talks to the trial
     directly; ours also keeps the per-epoch history for the study and reports through a plain
     function, so the same code runs under a driver that owns the study (Ray workers).
-    It must come before EarlyStopping in the callback list: it writes `val_objective` into logs.
+    It must come first in the callback list: it writes `val_objective` (and the age MAEs in years,
+    for TensorBoard) into the logs the others read. A prune it is told is raised by
+    `PruneAtEpochEnd`, last in the list, so that the loggers still write the trial's last epoch.
     """
 
     def __init__(self, baselines: Baselines, reporter: Reporter | None, age_scale: float):
@@ -75,6 +77,7 @@ class EpochReport(keras.callbacks.Callback):
         self.reporter = reporter
         self.age_scale = age_scale  # years per unit of the age metrics in logs
         self.history: dict[str, list[float]] = {}
+        self.prune: PruneRequested | None = None  # set when the reporter says prune
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_start = time.perf_counter()
@@ -99,10 +102,23 @@ class EpochReport(keras.callbacks.Callback):
         row["learning_rate"] = _current_learning_rate(self.model.optimizer)
         row["seconds"] = time.perf_counter() - getattr(self, "epoch_start", time.perf_counter())  # with the val pass
         logs["val_objective"] = value
+        logs["age_mae_years"], logs["val_age_mae_years"] = row["age_mae"], row["val_age_mae"]
         for key, v in row.items():
             self.history.setdefault(key, []).append(float(v))
         if self.reporter is not None and self.reporter(epoch, value):
-            raise PruneRequested(epoch, value)
+            self.prune = PruneRequested(epoch, value)
+
+
+class PruneAtEpochEnd(keras.callbacks.Callback):
+    """Raises the prune EpochReport was told, once every other callback has seen the epoch."""
+
+    def __init__(self, report: EpochReport):
+        super().__init__()
+        self.report = report
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.report.prune is not None:
+            raise self.report.prune
 
 
 def _current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -284,9 +300,12 @@ def fit(
     keep_model: bool = False,
     on_history: Callable[[dict], None] | None = None,
     early_stopping: bool = True,
+    tensorboard: str | None = None,
 ) -> FitResult:
     """Clear Keras state, build, fit with per-epoch reports and early stopping, return metrics.
 
+    With `tensorboard` (a folder), Keras' TensorBoard callback writes the epochs' logs there
+    (`train/` and `validation/`, the age MAEs also in years, `val_objective` as `objective`).
     Raises PruneRequested (after `on_history` saw the partial history) when the reporter
     says prune, TrialFailed on NaN, and whatever Keras raises (out of memory, ...).
     """
@@ -303,24 +322,36 @@ def fit(
         keras.utils.set_random_seed(train_cfg.seed)
     keras.mixed_precision.set_global_policy(train_cfg.precision)
     try:
-        return _fit(model_cfg, train_cfg, data, reporter, keep_model=keep_model, on_history=on_history, early_stopping=early_stopping)
+        return _fit(model_cfg, train_cfg, data, reporter, keep_model=keep_model, on_history=on_history, early_stopping=early_stopping,
+                    tensorboard=tensorboard)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _callbacks(train_cfg: TrainConfig, report: EpochReport, early_stopping: bool) -> list[keras.callbacks.Callback]:
-    """EpochReport first: it writes `val_objective` into the logs that the others read."""
+def _callbacks(train_cfg: TrainConfig, report: EpochReport, early_stopping: bool, tensorboard: str | None = None) -> list[keras.callbacks.Callback]:
+    """EpochReport first: it writes `val_objective` into the logs that the others read; a prune is
+    raised last (PruneAtEpochEnd), after TensorBoard wrote the epoch."""
     callbacks: list[keras.callbacks.Callback] = [report]
+    if tensorboard is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard))
     if train_cfg.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_objective", mode="min", factor=0.5, patience=3, min_lr=train_cfg.learning_rate / 64))
     if early_stopping:  # off for a refit whose "val" is inside the training data: keep the last epoch
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_objective", mode="min", patience=train_cfg.early_stopping_patience, restore_best_weights=True)
         )
-    return callbacks
+    return [*callbacks, PruneAtEpochEnd(report)]
 
 
-def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_stopping) -> FitResult:
+def _close_boards(callbacks: list[keras.callbacks.Callback]) -> None:
+    """Close TensorBoard's event files after a fit that raised (pruned, NaN): Keras calls
+    `on_train_end`, which closes them, only after a fit that returns."""
+    for board in callbacks:
+        if isinstance(board, keras.callbacks.TensorBoard) and board.model is not None:
+            board.on_train_end()
+
+
+def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_stopping, tensorboard=None) -> FitResult:
     start = time.perf_counter()
     scale = model_cfg.age_target_scale(data.baselines.age_scale)
     steps_per_epoch = math.ceil(len(data.x_train) / train_cfg.batch_size)
@@ -335,7 +366,7 @@ def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_
         y={"age": age_targets(model_cfg, data.age_train, scale), "gender": data.gender_train},
         validation_data=(data.x_val, {"age": age_targets(model_cfg, data.age_val, scale), "gender": data.gender_val}),
         batch_size=train_cfg.batch_size,
-        callbacks=_callbacks(train_cfg, report, early_stopping),
+        callbacks=_callbacks(train_cfg, report, early_stopping, tensorboard),
         verbose=0,
     )
     freeze = model_cfg.backbone != "none" and train_cfg.freeze_epochs > 0
@@ -357,6 +388,9 @@ def _fit(model_cfg, train_cfg, data, reporter, *, keep_model, on_history, early_
                 rest = steps_per_epoch * (train_cfg.epochs - frozen)
                 compile_model(model, model_cfg, train_cfg, age_scale=scale, learning_rate=lr, age_weights=weights, decay_steps=rest)
                 model.fit(epochs=train_cfg.epochs, initial_epoch=frozen, **fit_kwargs)
+    except BaseException:
+        _close_boards(fit_kwargs["callbacks"])
+        raise
     finally:
         if on_history is not None:
             on_history(report.history)

@@ -6,6 +6,8 @@
   years, P(female); models/inference.py) and what they score: overall and per-decade age MAE,
   gender accuracy, the gender confusion matrix. `export`, `evaluate` and the report all call
   these two, so the numbers they print are one computation.
+- `group_metrics`: age MAE and gender accuracy per age decade, gender and race, each with its
+  count, groups with few faces flagged (the model cards and the report's per-group table).
 
 Plain NumPy at import: Keras comes in only with the model a caller passes.
 """
@@ -16,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agesearch.search.data.images import GENDERS, decade_label  # noqa: F401  (part of the metrics' vocabulary)
-
+from agesearch.search.data.images import GENDERS, RACES, decade_label  # noqa: F401  (part of the metrics' vocabulary)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,57 @@ def age_gender_metrics(true_age: np.ndarray, true_gender: np.ndarray, pred_age: 
         "gender_accuracy": float((pred_gender == true_gender).mean()) if n else float("nan"),
         "confusion": {"labels": list(GENDERS), "rows": "true", "columns": "predicted", "matrix": gender_confusion(true_gender, p_female)},
     }
+
+
+# Below this many faces a group's numbers are flagged: an age MAE over 30 faces still moves by
+# about a year from one sample of faces to another (the errors' spread is several years).
+FEW_FACES = 30
+GROUP_KINDS = ("decade", "gender", "race")
+
+
+def group_metrics(true_age, true_gender, race, pred_age, p_female, *, few: int = FEW_FACES) -> dict:
+    """Age MAE and gender accuracy per group of faces: per decade of true age, per true gender
+    and per race (UTKFace's codes 0-4), each with its count.
+
+    Args:
+        true_age, true_gender, race: the labels, (n,) each (gender 1 = female; race 0-4, RACES;
+            race None: no race table).
+        pred_age, p_female: the model's answers, (n,) each.
+        few: groups with fewer faces than this are listed in `few`.
+
+    Returns:
+        {"n", "few_faces_below", "decade": {"0-9": row, ...} (the decades present, in order),
+        "gender": {"male": row, "female": row}, "race": {"White": row, ...} (all five),
+        "few": ["race Others (12 faces)", ...]}, each row {"n", "age_mae", "gender_accuracy"}
+        (None for an empty group). Every gender and race is listed, an empty one with n 0.
+    """
+    true_age = np.asarray(true_age, dtype=float)
+    true_gender = np.asarray(true_gender, dtype=int)
+    err = np.abs(np.asarray(pred_age, dtype=float) - true_age)
+    right = (np.asarray(p_female, dtype=float) >= 0.5).astype(int) == true_gender
+
+    def row(mask: np.ndarray) -> dict:
+        n = int(mask.sum())
+        return {"n": n, "age_mae": round(float(err[mask].mean()), 4) if n else None, "gender_accuracy": round(float(right[mask].mean()), 4) if n else None}
+
+    decade = (true_age // 10).astype(int)
+    out = {
+        "n": len(true_age),
+        "few_faces_below": few,
+        "decade": {decade_label(10 * d): row(decade == d) for d in np.unique(decade)},
+        "gender": {name: row(true_gender == code) for code, name in enumerate(GENDERS)},
+    }
+    if race is not None:
+        race = np.asarray(race, dtype=int)
+        out["race"] = {name: row(race == code) for code, name in enumerate(RACES)}
+    out["few"] = [f"{kind} {group} ({r['n']} face{'' if r['n'] == 1 else 's'})" for kind in GROUP_KINDS for group, r in out.get(kind, {}).items() if r["n"] < few]
+    return out
+
+
+def group_rows(groups: dict) -> list[tuple[str, str, int, float | None, float | None, bool]]:
+    """`group_metrics` as table rows: (kind, group, n, age MAE, gender accuracy, few faces)."""
+    few = groups.get("few_faces_below", FEW_FACES)
+    return [(kind, group, r["n"], r["age_mae"], r["gender_accuracy"], r["n"] < few) for kind in GROUP_KINDS for group, r in groups.get(kind, {}).items()]
 
 
 def format_metrics(m: dict, title: str) -> str:

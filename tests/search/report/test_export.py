@@ -84,6 +84,37 @@ def test_export_card_test_metrics_are_the_saved_models_on_the_test_split(exporte
     _test_split_check(exported / "model.keras", finished.url, finished.name, cache_dir)
 
 
+def test_export_writes_a_markdown_card_with_counts_per_decade_gender_and_race_and_the_data_terms(exported, finished, cache_dir):
+    import optuna
+
+    from agesearch.search.data.images import RACES
+    from agesearch.search.data.study_data import study_dataset
+    from agesearch.search.report.model_card import SYNTHETIC_TERMS
+
+    card = json.loads((exported / "model.json").read_text())
+    md = (exported / "model.md").read_text()
+    assert card["model_card"] == "model.md" and card["data"]["terms"] == SYNTHETIC_TERMS and card["exports"] == []
+    groups, m = card["test_metrics_by_group"], card["test_metrics"]
+    assert groups["split"] == "test" and groups["n"] == m["n"] > 0
+    # The race of each test face, read from its file name (AGE_GENDER_RACE_STAMP), not by the loader.
+    study = optuna.load_study(study_name=finished.name, storage=finished.url)
+    ds, split = study_dataset(study.user_attrs["agesearch"], cache_dir=cache_dir)
+    races = [int(ds.names[i].split("_")[2]) for i in split.test]
+    assert {k: r["n"] for k, r in groups["race"].items()} == {name: races.count(code) for code, name in enumerate(RACES)}
+    assert {k: r["n"] for k, r in groups["decade"].items()} == m["per_decade_n"]
+    assert {k: r["age_mae"] for k, r in groups["decade"].items()} == pytest.approx(m["per_decade_mae"], abs=1e-3)
+    assert [r["n"] for r in groups["gender"].values()] == [sum(row) for row in m["confusion"]["matrix"]]
+    # The Markdown: a row per group with its count, the small groups flagged, the terms, the use, the sizes.
+    for kind in ("decade", "gender", "race"):
+        for group, r in groups[kind].items():
+            assert f"| {group} | {r['n']} | " in md, (kind, group)
+    assert "few faces (< 30)" in md and "> **Warning:** few faces (fewer than 30) in " in md  # 30 test faces cannot fill a group
+    assert f"**Terms:** {SYNTHETIC_TERMS}" in md
+    assert "**Not for identifying anyone**" in md and "**Gender is binary here, as UTKFace labels it**" in md
+    assert "| searched at | 32 px, 2 epochs |" in md and "| trained at | 32 px, 2 epochs (ran " in md
+    assert f"age MAE **{m['age_mae']:.2f} years**" in md
+
+
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory, cache_dir) -> tuple[Path, str]:
     """A study whose one trial is a small model that learns (16 px, 5 epochs, batch 16), exported.
@@ -313,6 +344,17 @@ def test_export_ensemble_card_lists_members_and_sets_the_best_single_beside_the_
     assert ["age", "MAE", "(years)", f"{best['age_mae']:.2f}", f"{ens['age_mae']:.2f}"] in rows
     for decade, n in cmp["per_decade_n"].items():
         assert [decade, str(n), "images", f"{best['per_decade_mae'][decade]:.2f}", f"{ens['per_decade_mae'][decade]:.2f}"] in rows
+
+
+def test_export_ensemble_markdown_card_lists_the_members_with_why_each_got_in(ensembled):
+    root, _ = ensembled
+    card = json.loads((root / "ens.json").read_text())
+    md = (root / "ens.md").read_text()
+    assert md.startswith(f"# Model card: age and gender from a face crop (rep, ensemble of {len(card['members'])})")
+    assert card["test_metrics_by_group"]["n"] == card["test_metrics"]["n"] and "| Others | " in md
+    for m in card["members"]:
+        name = f"| trial {m['trial']}" + (f" (preset {m['preset']})" if m.get("preset") else "")
+        assert f"{name} | {m['weight']} | 32 px, 2 epochs | 32 px, 2 epochs | {m['why']} | " in md  # stored models: trained as searched
 
 
 def test_export_ensemble_members_each_have_a_reason_and_the_val_average_is_no_worse_than_its_best_member(ensembled, finished, cache_dir):

@@ -104,6 +104,26 @@ def test_report_predictions_show_twenty_faces_that_match_the_best_trial(report, 
     assert {g for _, g in captions} == {"M", "F"}
 
 
+def test_report_predictions_have_a_table_per_decade_gender_and_race_on_val(report, cache_dir):
+    from agesearch.search.data.images import RACES
+    from agesearch.search.data.study_data import study_dataset
+
+    section = report["html"].split('id="predictions"', 1)[1].split("</section>", 1)[0]
+    table = section.split('id="groups"', 1)[1]
+    ds, split = study_dataset(report["study"].user_attrs["agesearch"], cache_dir=cache_dir)
+    assert f"By group, on the {len(split.val)} validation images (the report shows the validation split only" in table
+    cell = lambda *texts: r"\s*".join(f"<td>{re.escape(str(t))}</td>" for t in texts)  # noqa: E731
+    # Counts from the file names (AGE_GENDER_RACE_STAMP): every race, both genders, each decade of the val split.
+    labels = [n.split("_") for n in (ds.names[i] for i in split.val)]
+    for code, name in enumerate(RACES):
+        assert re.search(cell("race", name, sum(int(l[2]) == code for l in labels)), table), name
+    for code, name in enumerate(("male", "female")):
+        assert re.search(cell("gender", name, sum(int(l[1]) == code for l in labels)), table), name
+    for decade in sorted({int(l[0]) // 10 for l in labels}):
+        assert re.search(cell("decade", f"{10 * decade}-{10 * decade + 9}", sum(int(l[0]) // 10 == decade for l in labels)), table)
+    assert "few faces (&lt; 30)" in table and '<p class="note">Few faces (fewer than 30) in ' in table
+
+
 def _state_counts(study) -> str:
     """"complete C, pruned P, fail F" of the study. The shared study's search may have its cost cap
     refuse a draw (PRUNED, never trained) besides the pruned and the failed trial report_study adds."""
