@@ -6,6 +6,7 @@
     card = agesearch.export(study, out="model.keras")                                    # -> the model card (dict)
     model = agesearch.load_model("model.keras")                                         # -> Predictor
     model.predict(["a.jpg", "b.jpg"])                                                   # -> pandas DataFrame
+    model.predict(["group.jpg"], detect_faces=True)                                     # -> one row per face, with its box
     agesearch.mlflow_callback("sqlite:///mlflow.db")                                    # -> a callback for `callbacks=`
 
 Each function is a thin layer over what the command line calls (`run_search`, `export_study`,
@@ -132,8 +133,11 @@ def load_model(path: str | os.PathLike) -> Predictor:
         A Predictor: `predict(images)` takes image files (a path or a list: any size, resized to
         the model's input as `agesearch predict` does) or an RGB array (n, H, W, 3) of values
         0-255, and returns a pandas DataFrame, one row per image: `image` (for files), `age`
-        (years), `gender` ("female"/"male"), `p_female`, `probability`. `.model` is the Keras
-        model, `.image_size` its input side, `.card` the JSON card beside the file (or None).
+        (years), `gender` ("female"/"male"), `p_female`, `probability`. `predict(images,
+        detect_faces=True)` finds, aligns and crops every face of each photo first, one row per
+        face with its box (`agesearch predict --detect-faces`; `pip install "agesearch[faces]"`).
+        `.model` is the Keras model, `.image_size` its input side, `.card` the JSON card beside
+        the file (or None).
 
     Raises:
         UsageError: no such file, not a .keras file, or not an agesearch model.

@@ -61,27 +61,50 @@ def evaluate_folder(model, folder: Path, *, limit: int | None = None, cache_dir:
     return age_gender_metrics(ds.ages, ds.genders, age, p_female) | {"skipped": skipped, "data": str(folder), "image_size": size}
 
 
-def predict_files(model, paths: list[str]) -> tuple[list[dict], list[str]]:
-    """Age and gender per image file: (one row per readable image, one error line per other).
+def predict_files(model, paths: list[str], *, detect_faces: bool = False) -> tuple[list[dict], list[str], str | None]:
+    """Age and gender per image file, or per face with `detect_faces` (search/report/faces.py).
 
-    A row holds image, age (years), gender, probability (of that gender) and p_female.
+    Returns:
+        (rows, errors, warning): one row per readable image (image, age in years, gender,
+        probability of that gender, p_female), or per face found (image, face: 1, 2, ... left to
+        right, box: x, y, w, h in the photo, angle: the eye line's slope undone, or None, then the
+        same fields); one error line per file that could not be read, or in which no face was
+        found; without `detect_faces`, one warning line naming the images that do not look like
+        face crops (faces.looks_like_face_crop), else None.
     """
     from agesearch.search.data.images import decode_image
+    from agesearch.search.report import faces
 
     size = model_image_size(model)
-    images, readable, errors = [], [], []
+    images, meta, errors, not_crops = [], [], [], []
     for p in paths:
         try:
-            images.append(decode_image(Path(p), size))
-            readable.append(p)
+            if detect_faces:
+                found = faces.find_faces(faces.read_photo(p))
+            else:
+                width, height = faces.image_size(p)
+                image = decode_image(Path(p), size)
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for missing/corrupt/non-image files
             reason = "no such file" if isinstance(e, FileNotFoundError) else f"cannot read as an image ({type(e).__name__})"
             errors.append(f"{p}: {reason}")
+            continue
+        if not detect_faces:
+            images.append(image)
+            meta.append({"image": p})
+            if not faces.looks_like_face_crop(width, height):
+                not_crops.append(f"{p} {width}x{height}")
+            continue
+        if not found:
+            errors.append(f"{p}: no face found")
+        for i, face in enumerate(found, 1):
+            images.append(faces.resize_rgb(face.crop, size))
+            meta.append({"image": p, "face": i, "box": dict(zip("xywh", face.box)), "angle": face.angle})
+    warning = faces.not_a_crop_warning(not_crops, size)
     if not images:
-        return [], errors
+        return [], errors, warning
     age, p_female = predict_age_gender(model, np.stack(images))
     rows = []
-    for path, a, pf in zip(readable, age, p_female):
+    for m, a, pf in zip(meta, age, p_female):
         prob = pf if pf >= 0.5 else 1.0 - pf
-        rows.append({"image": path, "age": round(float(a), 2), "gender": GENDERS[int(pf >= 0.5)], "probability": round(float(prob), 4), "p_female": round(float(pf), 4)})
-    return rows, errors
+        rows.append(m | {"age": round(float(a), 2), "gender": GENDERS[int(pf >= 0.5)], "probability": round(float(prob), 4), "p_female": round(float(pf), 4)})
+    return rows, errors, warning
