@@ -339,7 +339,7 @@ def main() -> None:
         if summary.get(role):
             m = summary[role]
             lines.append(f"**{role}, test over {len(runs)} seeds: age MAE {m['age_mae_mean']:.2f} ± {m['age_mae_sd']:.2f} y, gender accuracy {m['gender_accuracy_mean']:.3f} ± {m['gender_accuracy_sd']:.3f}**")
-    lines.append(f"timeline: {os.path.relpath(path, RESULTS.parent)}")
+    lines.append(f"timeline: {path}")
     verdict = (f"target (best searched trial >= {TARGET:.0%} lower than the best preset on the val objective within {args.budget_units:g} U): "
                f"{'**met**' if met else '**NOT met**'} ({'no searched trial' if gain is None else f'{gain:+.1%}'})")
     lines.append(verdict)
