@@ -21,17 +21,15 @@ TINY = dict(epochs=1, image_size=16, limit=120, synthetic_count=200, baselines=F
 
 
 def readme_example() -> tuple[str, Path]:
-    """The first ```python block under the heading "## Python API": README.md's once it has the
-    section, else README-api.md's (the fragment it is pasted from). The test runs this text, so
-    the README cannot show an example that does not work."""
-    for path in (ROOT / "README.md", ROOT / "README-api.md"):
-        text = "\n" + (path.read_text() if path.is_file() else "")
-        if f"\n{HEADING}\n" in text:
-            section = text.split(f"\n{HEADING}\n", 1)[1]
-            block = re.search(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
-            assert block, f"{path.name}: no ```python block in its section {HEADING!r}"
-            return block.group(1), path
-    raise AssertionError(f"neither README.md nor README-api.md has a section {HEADING!r}")
+    """The first ```python block under the heading "## Python API" of README.md. The test runs
+    this text, so the README cannot show an example that does not work."""
+    path = ROOT / "README.md"
+    text = "\n" + path.read_text()
+    assert f"\n{HEADING}\n" in text, f"README.md has no section {HEADING!r}"
+    section = text.split(f"\n{HEADING}\n", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    assert block, f"README.md: no ```python block in its section {HEADING!r}"
+    return block.group(1), path
 
 
 def test_api_import_is_light_and_search_is_the_callable_package():
