@@ -7,6 +7,7 @@ same images and split from there (decoded once, then from the cache).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from agesearch.search.data.images import DataError, FaceDataset, Split, load_faces, split_indices
@@ -39,7 +40,9 @@ def study_dataset(meta: dict, *, cache_dir: Path | None = None, image_size: int 
         split = split_indices(len(searched), tuple(meta["split"]), seed=meta["seed"])
     if image_size is None or image_size == meta["image_size"]:
         return searched, split
-    ds = load_faces(folder, image_size, limit=meta.get("limit"), seed=meta["seed"], cache_dir=cache_dir)
+    with warnings.catch_warnings():  # the same files: their skipped names were reported once above
+        warnings.simplefilter("ignore", UserWarning)
+        ds = load_faces(folder, image_size, limit=meta.get("limit"), seed=meta["seed"], cache_dir=cache_dir)
     if ds.names != searched.names:
         raise DataError(f"the images decoded at {image_size} px are not those of the study (another order or subset)")
     return ds, split
