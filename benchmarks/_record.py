@@ -68,3 +68,11 @@ def add_data_argument(parser) -> None:
     default = os.environ.get("AGESEARCH_DATA")
     parser.add_argument("--data", default=default, required=default is None,
                         help="image folder of UTKFace-named faces, or 'synthetic' (default: $AGESEARCH_DATA)")
+
+
+def split_run_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the script's own arguments, the flags after `--` that go to `agesearch run` unchanged)."""
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import add_data_argument, record  # noqa: E402
+from _record import add_data_argument, record, split_run_flags  # noqa: E402
 
 from search_vs_presets import agesearch_exe, count_presets, load_study, run_phase  # noqa: E402
 
@@ -76,9 +76,7 @@ def replay(make_pruner, reference: list, values: list[float]) -> int | None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_run_flags(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(p)
     p.add_argument("--image-size", type=int, default=32)

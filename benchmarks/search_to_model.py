@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import add_data_argument, record  # noqa: E402
+from _record import add_data_argument, record, split_run_flags  # noqa: E402
 
 from search_vs_presets import agesearch_exe, option_value  # noqa: E402
 
@@ -194,9 +194,7 @@ def phase_report(args, work: Path, search: dict, ens: dict, wb: dict | None) -> 
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_run_flags(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(p)
     p.add_argument("--workdir", required=True, help="the phases' studies, models and JSON records (the later phases read them back)")

@@ -67,7 +67,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import RESULTS, add_data_argument, record  # noqa: E402
+from _record import RESULTS, add_data_argument, record, split_run_flags  # noqa: E402
 
 MANAGED = ("--space", "--data", "--study", "--storage", "--n-trials", "--timeout", "--epochs", "--image-size", "--backbone-weights", "--no-baselines")
 TARGET = 0.05  # the best searched trial's val objective at least this fraction under the best preset's
@@ -203,9 +203,7 @@ def describe(r: dict) -> str:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_run_flags(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(p)
     p.add_argument("--space", default="cnn")
