@@ -90,13 +90,13 @@ def pick_trials(study, head_trial: str):
     """(best preset trial, best trial, the trial whose configs the head comparison trains)."""
     from optuna.trial import TrialState
 
-    from agesearch.search.store.study import best_of, best_trial
+    from agesearch.search.store.study import best_trial
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     usable = [t for t in complete if "model_config" in t.user_attrs and "train_config" in t.user_attrs]
     if not usable:
         raise SystemExit(f"ensemble_quality: study {study.study_name!r} has no COMPLETE trial with recorded configs")
-    preset = best_of(study, [t for t in usable if t.user_attrs.get("preset")])
+    preset = best_trial(study, [t for t in usable if t.user_attrs.get("preset")])
     best = best_trial(study)
     if head_trial == "best":
         head = best

@@ -76,6 +76,8 @@ def replay(make_pruner, reference: list, values: list[float]) -> int | None:
 
 
 def main() -> None:
+    from agesearch.search.store.study import best_trial  # the one rule for the best trial
+
     argv, extra = split_run_flags(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(p)
@@ -100,7 +102,7 @@ def main() -> None:
         wall["presets"] = run_phase([*base, "--n-trials", str(n_presets)], work, "presets.log")
         study = load_study(name, url)
         presets = [t for t in study.trials if "preset" in t.user_attrs and t.state.name == "COMPLETE"]
-        best = min(presets, key=lambda t: t.value)
+        best = best_trial(study, presets)
         for i in range(args.reruns):
             study.enqueue_trial(best.params, user_attrs={"rerun_of": best.number})
         for lr in (BAD_LEARNING_RATE, STUCK_LEARNING_RATE):
@@ -110,7 +112,7 @@ def main() -> None:
     study = load_study(name, url)
     trials = sorted(study.trials, key=lambda t: t.number)
     presets = [t for t in trials if "preset" in t.user_attrs and t.state.name == "COMPLETE"]
-    best = min(presets, key=lambda t: t.value)
+    best = best_trial(study, presets)
     reruns = [t for t in trials if t.user_attrs.get("rerun_of") is not None and curve(t)]
     bads = [t for t in trials if "bad" in t.user_attrs]
     vals = [min(curve(t)) for t in [best, *reruns]]

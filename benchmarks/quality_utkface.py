@@ -53,12 +53,14 @@ def run_search(args, exe: list[str], work: Path, study: str) -> tuple[list[str],
 def summarise(study) -> dict:
     import optuna
 
+    from agesearch.search.store.study import best_trial
+
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     start = min(t.datetime_start for t in study.trials if t.datetime_start is not None)
     presets = {t.user_attrs["preset"]: t for t in done if "preset" in t.user_attrs}
     searched = [t for t in done if "preset" not in t.user_attrs]
-    best_preset = min(presets.values(), key=lambda t: t.value) if presets else None
-    best_search = min(searched, key=lambda t: t.value) if searched else None
+    best_preset = best_trial(study, list(presets.values()))
+    best_search = best_trial(study, searched)
     beat = None
     if best_preset is not None:
         better = [t for t in searched if t.value < best_preset.value]

@@ -203,6 +203,8 @@ def describe(r: dict) -> str:
 
 
 def main() -> None:
+    from agesearch.search.store.study import best_trial  # the one rule for the best trial
+
     argv, extra = split_run_flags(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(p)
@@ -252,7 +254,7 @@ def main() -> None:
     done = [t for t in presets if t.state.name == "COMPLETE"]
     if not done:
         raise SystemExit(f"no preset trial completed ({[(t.number, t.state.name, t.user_attrs.get('fail_reason')) for t in presets]}); see {work / 'phase1.log'}")
-    best_preset = min(done, key=lambda t: t.value)
+    best_preset = best_trial(study, done)
     u_s = (best_preset.datetime_complete - best_preset.datetime_start).total_seconds()
     t0 = min(t.datetime_start for t in study.trials if t.datetime_start is not None)
     budget_s = args.budget_units * u_s

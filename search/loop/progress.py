@@ -13,7 +13,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from agesearch.search.store.study import best_trial
+from agesearch.search.store.study import best_trial, best_trials
 
 
 class ProgressLine:
@@ -31,7 +31,7 @@ class ProgressLine:
         else:
             value = f"at epoch {trial.user_attrs.get('pruned_at_epoch', '?')}"
         if self.multi:
-            best = f"pareto {len(study.best_trials)} trials"
+            best = f"pareto {len(best_trials(study))} trials"
         else:
             b = best_trial(study)
             best = "no best yet" if b is None else f"best {b.value:.4f} (#{b.number})"

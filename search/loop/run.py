@@ -198,7 +198,7 @@ def cost_cap(study: optuna.Study, o: RunOptions) -> float | None:
     would then refuse every larger one; none before a preset completed, none without presets)."""
     caps = [] if o.max_flops is None else [o.max_flops]
     presets = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if "preset" in t.user_attrs]
-    best = st.best_of(study, presets)
+    best = st.best_trial(study, presets)
     if o.max_flops_ratio is not None and best is not None and best.user_attrs.get("flops"):
         caps.append(o.max_flops_ratio * best.user_attrs["flops"])
     return min(caps) if caps else None

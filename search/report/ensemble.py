@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agesearch.search.errors import UsageError
+from agesearch.search.store.artifacts import stored_model  # noqa: F401  (a module name here, so tests can replace it)
 
 
 @dataclass(frozen=True)
@@ -94,32 +95,18 @@ def config_key(trial) -> str:
 
 
 def distinct_ranked(study, trials: list | None = None) -> list:
-    """`trials` (default: the study's COMPLETE ones), best first, one per configuration (the better)."""
+    """`trials` (default: the study's COMPLETE ones) by `ranked` (the one rule for the best
+    trial), best first, one per configuration (the better)."""
     from agesearch.search.store.study import ranked
 
-    keep = None if trials is None else {t.number for t in trials}
     seen: set[str] = set()
     out = []
-    for t in ranked(study):
-        if keep is not None and t.number not in keep:
-            continue
+    for t in ranked(study, trials):
         key = config_key(t)
         if key not in seen:
             seen.add(key)
             out.append(t)
     return out
-
-
-def stored_model(trial, store):
-    """The trial's latest model still in `store` (KeepBestModels may have removed it), or None."""
-    from agesearch.search.store.artifacts import ModelRef, exists, model_artifacts
-
-    if store is None:
-        return None
-    for meta in reversed(model_artifacts(trial)):
-        if exists(store, meta["artifact_id"]):
-            return ModelRef(trial.number, meta["artifact_id"], meta["filename"])
-    return None
 
 
 def pool_size(k: int) -> int:

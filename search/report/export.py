@@ -91,24 +91,30 @@ def check_out_path(out: Path) -> Path:
 
 
 def pick_trial(study, number: int | None):
-    """The chosen trial, or the best: single-objective `best_trial`; multi-objective, the
-    Pareto-front trial with the lowest combined objective (user attr `objective`)."""
+    """The chosen trial, or the best: `store.study.best_trial`, the one rule for the best trial
+    (multi-objective: the Pareto-front trial with the lowest combined objective).
+
+    Raises:
+        UsageError: no such trial, not COMPLETE, or without the `model_config` to export.
+    """
     from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and "model_config" in t.user_attrs]
-    if number is not None:
+    from agesearch.search.store.study import best_trial
+
+    if number is None:
+        t = best_trial(study)
+        if t is None:
+            raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to export")
+    else:
         found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
         if not found:
             raise UsageError(f"study {study.study_name!r} has no trial {number} (trials 0-{len(study.trials) - 1})")
         t = found[0]
-        if t not in complete:
+        if t.state != TrialState.COMPLETE:
             raise UsageError(f"trial {number} of study {study.study_name!r} is {t.state.name}, not COMPLETE; only finished trials can be exported")
-        return t
-    if not complete:
-        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to export")
-    from agesearch.search.store.study import best_trial  # the one definition of "the best trial"
-
-    return best_trial(study)
+    if "model_config" not in t.user_attrs:
+        raise UsageError(f"trial {t.number} of study {study.study_name!r} has no model_config (was it made by `agesearch run`?); it cannot be exported")
+    return t
 
 
 @dataclasses.dataclass

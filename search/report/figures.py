@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from agesearch.search.report.page import Section, fig_html, table_html
 from agesearch.search.report.tables import knob_text
-from agesearch.search.store.study import is_multi
+from agesearch.search.store.study import best_trials, is_multi
 
 MAX_PARALLEL = 8
 SLICE_ROW = 4
@@ -189,7 +189,7 @@ def pareto_section(study: optuna.Study) -> Section:
         return sec
     names = ["val age MAE (years)", "val gender accuracy"][: len(study.directions)]
     try_plot(sec, lambda: viz.plot_pareto_front(study, target_names=names), "plot-pareto", 480, "no complete trial yet")
-    front = study.best_trials if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
+    front = best_trials(study)
     if front:
         rows = [
             {"trial": t.number, names[0]: t.values[0], names[-1]: t.values[-1], "combined objective": t.user_attrs.get("objective"), **{k: knob_text(v) for k, v in t.params.items()}}

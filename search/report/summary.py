@@ -10,8 +10,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from agesearch.search.report.tables import comparison_lines, decade_line, preset_comparison, top_table
-from agesearch.search.store.study import best_trials
-from agesearch.search.store.study import META_KEY, best_trial
+from agesearch.search.store.study import META_KEY, best_trial, best_trials
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 

@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from agesearch.search.store.study import META_KEY, best_of, best_trial, best_trials, is_multi, minimizes, objective_of, scalar  # noqa: F401  (re-exported for figures)
+from agesearch.search.store.study import META_KEY, best_trial, best_trials, is_multi, minimizes, objective_of, ranked, scalar
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # Scalar user attrs worth a column in the CSV and the trials table (history and configs are not
@@ -108,11 +108,12 @@ def top_table(study: optuna.Study, n: int = 10) -> pd.DataFrame:
     df = trials_table(study)
     if df.empty:
         return df
+    # In the order of `ranked`, the one rule for the best trial.
+    place = {t.number: i for i, t in enumerate(ranked(study))}
     done = df[df["state"] == "COMPLETE"]
-    # A multi-objective study ranks by the combined objective (user attr), as its best trial does.
+    top = done.sort_values("number", key=lambda numbers: numbers.map(place), kind="stable").head(n)
+    # Beside the number, the scalar it is ranked by: the value, or the combined objective (user attr).
     sort_col = "value" if "value" in done.columns else "user_attrs_objective" if "user_attrs_objective" in done.columns else "values_0"
-    ascending = sort_col != "values_0" or study.directions[0] == optuna.study.StudyDirection.MINIMIZE
-    top = done.sort_values(sort_col, ascending=ascending).head(n)
     cols = ["number", sort_col, *[c for c in TOP_COLUMNS if c in top.columns]]
     return top[cols].rename(columns=TOP_COLUMNS)
 
@@ -292,13 +293,13 @@ def preset_comparison(study: optuna.Study) -> dict | None:
     """The best preset (baseline) trial against the best searched trial, and their differences.
 
     Baseline trials carry user attr `preset` (the preset's name); every other trial was
-    sampled. Both are ranked by the study's objective (the combined objective in a
-    multi-objective study). Differences are searched minus preset: negative objective and age
-    MAE, positive accuracy mean the search did better. None unless one of each is complete.
+    sampled. Each is the `best_trial` of its own trials (the one rule for the best trial).
+    Differences are searched minus preset: negative objective and age MAE, positive accuracy
+    mean the search did better. None unless one of each is complete.
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    preset = best_of(study, [t for t in complete if "preset" in t.user_attrs])
-    searched = best_of(study, [t for t in complete if "preset" not in t.user_attrs])
+    preset = best_trial(study, [t for t in complete if "preset" in t.user_attrs])
+    searched = best_trial(study, [t for t in complete if "preset" not in t.user_attrs])
     if preset is None and searched is None:
         return None
     out = {"preset": preset, "searched": searched, "diff": None}

@@ -233,15 +233,22 @@ class ModelRef:
     path: Path | None = None  # a local file, once downloaded (always set for best.keras)
 
 
-def best_model(study: optuna.Study, store) -> ModelRef | None:
-    """The model of the best trial that still has one in the store (KeepBestModels keeps the best)."""
+def stored_model(trial: FrozenTrial, store) -> ModelRef | None:
+    """The trial's latest model still in `store` (KeepBestModels may have removed it), or None."""
     if store is None:
         return None
-    for t in ranked(study):
-        for meta in reversed(model_artifacts(t)):
-            if exists(store, meta["artifact_id"]):
-                return ModelRef(t.number, meta["artifact_id"], meta["filename"])
+    for meta in reversed(model_artifacts(trial)):
+        if exists(store, meta["artifact_id"]):
+            return ModelRef(trial.number, meta["artifact_id"], meta["filename"])
     return None
+
+
+def best_model(study: optuna.Study, store) -> ModelRef | None:
+    """The model of the first trial by `ranked` (the one rule for the best trial) that still has
+    one in the store (KeepBestModels keeps the best)."""
+    if store is None:
+        return None
+    return next((ref for t in ranked(study) if (ref := stored_model(t, store)) is not None), None)
 
 
 def download_model(store, ref: ModelRef, dest_dir: Path) -> ModelRef:
@@ -311,7 +318,8 @@ def study_model(study_name: str, storage_url: str | None = None, spec: str | Non
 
 
 class KeepBestModels:
-    """Optuna callback: after each trial, remove the model blobs of all but the best `keep` trials.
+    """Optuna callback: after each trial, remove the model blobs of all but the first `keep`
+    trials by `ranked` (the one rule for the best trial).
 
     Only blobs are removed (`artifact_store.remove`): Optuna refuses to change a finished trial's
     attrs, so the listing stays and `best_model` skips entries whose blob is gone.

@@ -1,9 +1,10 @@
 """Study storage: SQLite (WAL on) under studies/, created and loaded only through Optuna.
 
-Also the study-level rules every command shares: which trial is "the best" (`best_trial`),
-how many trials count toward `--n-trials` (`finished_count`, `active_count`), storage calls
-that retry transient errors (`with_retries`), the baseline trials of a new study, and which
-study `report` and `dashboard` read without --study (`only_study_file`, `only_study`).
+Also the study-level rules every command shares: which trial is "the best" (`ranked`, the one
+rule for the best trial, and `best_trial`, its head), how many trials count toward `--n-trials`
+(`finished_count`, `active_count`), storage calls that retry transient errors (`with_retries`),
+the baseline trials of a new study, and which study `report` and `dashboard` read without
+--study (`only_study_file`, `only_study`).
 """
 
 from __future__ import annotations
@@ -253,30 +254,6 @@ def active_count(study: optuna.Study) -> int:
     return finished_count(study) + len(running)
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """THE best trial of a study, None before any trial completed.
-
-    Single objective: Optuna's `best_trial`. Multi-objective: the Pareto-front trial with the
-    lowest combined objective (user attr `objective`, recorded by every trial), so that one
-    model can be named best either way.
-    """
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    if len(study.directions) == 1:
-        # Optuna's `best_trial` (the best feasible trial), computed here from the trials: the
-        # sampler sees the study through HyperbandPruner's bracket view, which has no best_trial.
-        feasible = [t for t in complete if all(v <= 0 for v in (t.constraints or {}).values())] or complete
-        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-        return pick(feasible, key=lambda t: t.value)
-    front = study.best_trials or complete
-    return min(front, key=lambda t: _finite(t.user_attrs.get("objective")))
-
-
-def _finite(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
-
-
 def enqueue_baselines(study: optuna.Study, baselines: list[tuple[str, dict]]) -> int:
     """Enqueue the presets as the first trials of a NEW study (no trials yet), once.
 
@@ -316,7 +293,7 @@ def with_retries(call: Callable[[int], Any], what: str) -> Any:
     raise AssertionError("unreachable")
 
 
-# --- ranking: every rule that orders trials, next to best_trial --------------------------------
+# --- ranking: the one rule for the best trial, and the scalar it ranks by ---------------------
 
 def is_multi(study: optuna.Study) -> bool:
     return len(study.directions) > 1
@@ -334,33 +311,59 @@ def objective_of(study: optuna.Study):
     """
     if not is_multi(study):
         return None, "objective"
-    return (lambda t: float(t.user_attrs.get("objective", math.nan))), "combined objective"
+    return (lambda t: scalar(t, study)), "combined objective"
 
 def scalar(trial: FrozenTrial, study: optuna.Study) -> float:
     """The ranking scalar of a trial (NaN unless COMPLETE)."""
     if trial.state != TrialState.COMPLETE:
         return math.nan
     if is_multi(study):
-        return float(trial.user_attrs.get("objective", math.nan))
+        v = trial.user_attrs.get("objective")
+        return float(v) if isinstance(v, (int, float)) else math.nan
     return float(trial.value)
 
+def ranked(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """The one rule for the best trial: the COMPLETE trials of `trials` (default: the study's),
+    best first. Every other "best" (`best_trial`, `best_trials`, the best preset, the best stored
+    model, the models `KeepBestModels` keeps, the ensemble's candidates, the top-10 table) is
+    the head of this list.
+
+    1. Feasible before infeasible (Optuna's constraints: feasible when every value is <= 0), as
+       Optuna's `best_trial` and `best_trials` choose.
+    2. By the ranking scalar (`scalar`) in the study's direction: the value for one objective;
+       for several, the combined objective (user attr `objective`, lower is better). It rises
+       with age MAE and falls with gender accuracy, so a dominated trial always ranks below the
+       trial that dominates it: the first of any set is on that set's Pareto front. A trial
+       without a finite combined objective ranks after those with one.
+    3. Ties by trial number, the earlier first.
+
+    Reads only `get_trials` and `directions`, so it also ranks the bracket view of the study
+    that HyperbandPruner shows the sampler (which has no `best_trial`).
+    """
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = 1 if minimizes(study) else -1
+    multi = is_multi(study)
+
+    def key(t: FrozenTrial) -> tuple:
+        s = scalar(t, study)
+        unscored = not math.isfinite(s) if multi else math.isnan(s)
+        return (any(v > 0 for v in t.constraints.values()), unscored, 0.0 if unscored else sign * s, t.number)
+
+    return sorted((t for t in trials if t.state == TrialState.COMPLETE), key=key)
+
+def best_trial(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> FrozenTrial | None:
+    """The best trial (of `trials`, default the study's): the first of `ranked`, the one rule for
+    the best trial; None before any is COMPLETE. Multi-objective: the Pareto-front trial with the
+    lowest combined objective, so that one model can be named best either way."""
+    return next(iter(ranked(study, trials)), None)
+
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial (single objective) or the Pareto front (multi-objective); [] if none."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
-    return [study.best_trial] if not is_multi(study) else list(study.best_trials)
-
-def best_of(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
-    """The best of `trials` by the study's ranking scalar, ties by trial number; None if none is complete."""
-    scored = [t for t in trials if not math.isnan(scalar(t, study))]
-    if not scored:
-        return None
-    sign = 1 if minimizes(study) else -1
-    return min(scored, key=lambda t: (sign * scalar(t, study), t.number))
-
-def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best first, by the study's ranking scalar (the combined objective in a
-    multi-objective study), ties by trial number."""
-    sign = 1 if minimizes(study) else -1
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not math.isnan(scalar(t, study))]
-    return sorted(done, key=lambda t: (sign * scalar(t, study), t.number))
+    """The best trial (single objective) or the Pareto front (multi-objective, Optuna's
+    `best_trials`: the feasible front), in the order of `ranked`, so that the first is
+    `best_trial`; [] before any trial is COMPLETE."""
+    top = ranked(study)
+    if not is_multi(study):
+        return top[:1]
+    front = {t.number for t in study.best_trials}
+    return [t for t in top if t.number in front] or top[:1]
