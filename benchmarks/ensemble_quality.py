@@ -62,7 +62,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import RESULTS, record  # noqa: E402
+from _record import RESULTS, neutral_paths, record  # noqa: E402
 from search_vs_presets import agesearch_exe  # noqa: E402
 
 DEFAULT_STUDY = "vs-presets-cnn-32px"
@@ -388,7 +388,7 @@ def main() -> None:
         "best_trial": {"trial": best.number, "preset": best.user_attrs.get("preset"), "value": best.values},
         "exports": runs, "heads": heads, "verdicts": verdicts, "wall_s": round(time.perf_counter() - started, 1), "work": str(work),
     }
-    path.write_text(json.dumps(doc, indent=1, default=str))
+    path.write_text(neutral_paths(json.dumps(doc, indent=1, default=str)))  # no machine paths in a tracked file
     lines.append(f"all numbers (the cards whole, the head runs): {path}; exports and logs in {work}; {doc['wall_s']:.0f} s in all")
     record(f"Ensembles, flip TTA and the DLDL head on the test split [{args.label}]: study {args.study}", lines, out=args.out, table=table)
 

@@ -63,7 +63,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import RESULTS, add_data_argument, record  # noqa: E402
+from _record import RESULTS, add_data_argument, neutral_paths, record  # noqa: E402
 
 FILTERS = [16, 32, 64, 128, 256, 512]  # spaces/arch.py's choices
 DENSE = [64, 128, 256, 512]
@@ -302,7 +302,7 @@ def main() -> None:
         more, ok = compare(doc, against)
         lines += more
         doc["target_met"] = ok
-    path.write_text(json.dumps(doc, indent=1, default=str))
+    path.write_text(neutral_paths(json.dumps(doc, indent=1, default=str)))  # no machine paths in a tracked file
     lines.append(f"timeline: {path}")
     record(f"KerasTuner Hyperband on agesearch's training [{args.label}]: {args.image_size} px, {args.epochs} epochs, {args.budget:.0f} s", lines, out=args.out)
 

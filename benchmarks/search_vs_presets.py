@@ -67,7 +67,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _record import RESULTS, add_data_argument, record, split_run_flags  # noqa: E402
+from _record import RESULTS, add_data_argument, neutral_paths, record, split_run_flags  # noqa: E402
 
 MANAGED = ("--space", "--data", "--study", "--storage", "--n-trials", "--timeout", "--epochs", "--image-size", "--backbone-weights", "--no-baselines")
 TARGET = 0.05  # the best searched trial's val objective at least this fraction under the best preset's
@@ -315,7 +315,7 @@ def main() -> None:
         "best_preset": bp, "best_searched": bs, "first_beat_s": first_beat_s, "target_met": met, "exports": exports, "test_over_seeds": summary,
         "trials": rows, "best_so_far": best_so_far(counted),
     }
-    path.write_text(json.dumps(doc, indent=1, default=str))
+    path.write_text(neutral_paths(json.dumps(doc, indent=1, default=str)))  # no machine paths in a tracked file
 
     U = lambda s: f"{s:.0f} s = {s / u_s:.2f} U"  # noqa: E731
     lines = [
