@@ -67,7 +67,7 @@ def main() -> None:
     from agesearch.models.inference import inference_model
     from agesearch.models.presets import get_preset
     from agesearch.search.loop.run import DataSpec, load_data
-    from agesearch.search.report.export import score_on_test
+    from agesearch.search.export.trial import score_on_test
     from agesearch.search.training.fit import fit
 
     ds, split, data = load_data(DataSpec(data=args.data, image_size=args.image_size, seed=0, limit=args.limit, synthetic_count=args.synthetic_count))

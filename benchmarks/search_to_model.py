@@ -110,7 +110,7 @@ def phase_writeup_b(args, work: Path, search: dict) -> dict:
     from agesearch.models.presets import get_preset
     from agesearch.search.data.images import Split
     from agesearch.search.data.study_data import study_dataset
-    from agesearch.search.report.export import score_on_test
+    from agesearch.search.export.trial import score_on_test
     from agesearch.search.training.fit import TrainingData, fit
 
     name, url = study_of(work, search)

@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # nothing heavy at import: `import agesearch` stays light
     import optuna
     from optuna.trial import FrozenTrial
 
-    from agesearch.search.report.predictor import Predictor
-    from agesearch.search.report.trackers import MlflowTracker
+    from agesearch.search.export.predictor import Predictor
+    from agesearch.search.loop.trackers import MlflowTracker
 
 __all__ = ["search", "export", "load_model", "mlflow_callback"]
 
@@ -113,7 +113,7 @@ def export(study: optuna.Study | str, out: str | os.PathLike | None = None, *, t
     Raises:
         UsageError, StorageError: bad options, no such study, nothing to export; one line.
     """
-    from agesearch.search.report.export_study import export_study
+    from agesearch.search.export.study import export_study
 
     if isinstance(study, str):
         name = study
@@ -142,7 +142,7 @@ def load_model(path: str | os.PathLike) -> Predictor:
     Raises:
         UsageError: no such file, not a .keras file, or not an agesearch model.
     """
-    from agesearch.search.report.predictor import load_predictor
+    from agesearch.search.export.predictor import load_predictor
 
     return load_predictor(path)
 
@@ -162,7 +162,7 @@ def mlflow_callback(tracking_uri: str, experiment: str | None = None, *, log_mod
         UsageError: MLflow not installed (pip install "agesearch[mlflow]"), or a URI that cannot
             be reached or used: checked here, before anything trains.
     """
-    from agesearch.search.report.trackers import MlflowTracker
+    from agesearch.search.loop.trackers import MlflowTracker
 
     return MlflowTracker(tracking_uri, experiment, log_models=log_models)
 

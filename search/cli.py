@@ -471,10 +471,10 @@ def _add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    """`agesearch export`: `export_study` (search/report/export_study.py, which `agesearch.export` calls too), then
+    """`agesearch export`: `export_study` (search/export/study.py, which `agesearch.export` calls too), then
     print the card: how it was trained or its members, the test-split metrics, the files."""
-    from agesearch.search.report.export import format_side_by_side
-    from agesearch.search.report.export_study import export_study
+    from agesearch.search.export.trial import format_side_by_side
+    from agesearch.search.export.study import export_study
     from agesearch.search.training.metrics import format_metrics
 
     start = time.perf_counter()
@@ -482,7 +482,7 @@ def cmd_export(args) -> int:
                              refit_on_train_val=args.refit_on_train_val, image_size=args.image_size, seed=args.seed, cache_dir=args.cache_dir,
                              artifacts=args.artifacts, format=args.format)
     if args.ensemble is not None:
-        from agesearch.search.report.ensemble import format_members
+        from agesearch.search.export.ensemble import format_members
 
         print(format_members(card))
     else:
@@ -526,7 +526,7 @@ def _model_file(args) -> Path:
 
 def cmd_evaluate(args) -> int:
     """`agesearch evaluate`: metrics of a model on a folder of UTKFace-named images."""
-    from agesearch.search.report.evaluate import check_model_path, evaluate_folder, load_inference_model
+    from agesearch.search.export.evaluate import check_model_path, evaluate_folder, load_inference_model
     from agesearch.search.training.metrics import format_metrics
     from agesearch.search.data.study_data import data_folder
 
@@ -567,11 +567,11 @@ def _add_predict(sub) -> None:
 def cmd_predict(args) -> int:
     """`agesearch predict`: age and gender per image, or per face; exit 1 if any image could not be
     read or had no face."""
-    from agesearch.search.report.evaluate import check_model_path, load_inference_model, predict_files
+    from agesearch.search.export.evaluate import check_model_path, load_inference_model, predict_files
 
     check_model_path(args.model)
     if args.detect_faces:
-        from agesearch.search.report.faces import import_cv2
+        from agesearch.search.export.faces import import_cv2
 
         import_cv2()  # the install hint before Keras loads
     import_keras_quietly()

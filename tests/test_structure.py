@@ -82,11 +82,15 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_structure_has_no_import_cycle_between_packages():
     graph = _graph()
-    assert {"search.data", "search.store", "search.loop", "search.training", "search.report", "search.cli", "models", "spaces"} <= set(graph)
+    assert {"search.data", "search.store", "search.loop", "search.training", "search.report", "search.export", "search.cli", "models", "spaces"} <= set(graph)
     assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
     # The direction of the design: nothing imports the CLI; models and spaces never import search.
     assert not [u for u, deps in graph.items() if "search.cli" in deps]
     assert not {d for d in graph["models"] | graph["spaces"] if d.startswith("search")}
+    # What a user reads (report) and what leaves the search (export) stand beside each other, and the
+    # search itself never needs what leaves it.
+    assert "search.export" not in graph["search.report"] and "search.report" not in graph["search.export"]
+    assert "search.export" not in graph["search.loop"]
 
 
 def test_structure_cycle_finder_finds_a_cycle():

@@ -167,7 +167,7 @@ class RunOptions:
             from agesearch.search.store.artifacts import check_spec
 
             check_spec(self.artifacts)
-        from agesearch.search.report.trackers import check_mlflow_installed, check_tensorboard  # light: no framework
+        from agesearch.search.loop.trackers import check_mlflow_installed, check_tensorboard  # light: no framework
 
         if self.mlflow is not None:
             check_mlflow_installed()  # reaching the tracking store is run_search's, before the data loads

@@ -185,7 +185,7 @@ def tracker_callbacks(o: RunOptions) -> list:
               f"(tensorboard --logdir {o.tensorboard})", flush=True)
     if o.mlflow is None:
         return []
-    from agesearch.search.report.trackers import MlflowTracker
+    from agesearch.search.loop.trackers import MlflowTracker
 
     tracker = MlflowTracker(o.mlflow, o.study)
     print(f"mlflow: each finished trial becomes a run of experiment {o.study!r} in {o.mlflow}", flush=True)
@@ -206,7 +206,7 @@ def cost_cap(study: optuna.Study, o: RunOptions) -> float | None:
 
 def job_sampler(study: optuna.Study, space, o: RunOptions, image_size: int, artifacts: str):
     """`sample(trial) -> TrainJob`: the configs, how they were drawn, their cost (refused over the cap)."""
-    from agesearch.search.report.trackers import tensorboard_dir
+    from agesearch.search.loop.trackers import tensorboard_dir
 
     def sample(trial: optuna.Trial) -> TrainJob:
         model_cfg, train_cfg = sample_configs(trial, space, image_size, o.epochs, seed=trial_seed(study.user_attrs[st.META_KEY]["seed"] if o.sampler_seed is None else o.sampler_seed, trial.number))

@@ -6,9 +6,8 @@ presets against the search), `figures` (Optuna's plots, a few drawn by hand), `p
 puts them together as a list of sections, each with a stable element id (`SECTION_IDS`);
 `summary` prints the terminal summary at the end of a run from the same tables.
 
-The package also holds `dashboard` (the optuna-dashboard launcher) and what leaves the search:
-`export` (retrain a trial, save model and card), `ensemble` (average the top trials' models) and
-`evaluate` (a saved model's metrics on a folder, and `predict`).
+The package also holds `dashboard` (the optuna-dashboard launcher). What leaves the search
+(export, ensembles, the model cards, evaluate and predict) is `agesearch.search.export`.
 """
 
 from agesearch.search.report.build import SECTION_IDS, ReportResult, build_report, write_csv, write_report

@@ -9,7 +9,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from agesearch.search.errors import UsageError
-from agesearch.search.report.export import pick_trial
+from agesearch.search.export.trial import pick_trial
 from agesearch.search.report.tables import top_table
 from agesearch.search.store.study import best_trial, best_trials, ranked
 

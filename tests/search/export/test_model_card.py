@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agesearch.search.report.model_card import SYNTHETIC_TERMS, UTKFACE_TERMS, data_terms, markdown_card
+from agesearch.search.export.model_card import SYNTHETIC_TERMS, UTKFACE_TERMS, data_terms, markdown_card
 from agesearch.search.training.metrics import age_gender_metrics, group_metrics
 
 AGE = np.array([5, 25, 25, 31, 64] * 8)

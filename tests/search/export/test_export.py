@@ -89,7 +89,7 @@ def test_export_writes_a_markdown_card_with_counts_per_decade_gender_and_race_an
 
     from agesearch.search.data.images import RACES
     from agesearch.search.data.study_data import study_dataset
-    from agesearch.search.report.model_card import SYNTHETIC_TERMS
+    from agesearch.search.export.model_card import SYNTHETIC_TERMS
 
     card = json.loads((exported / "model.json").read_text())
     md = (exported / "model.md").read_text()
@@ -363,8 +363,8 @@ def test_export_ensemble_members_each_have_a_reason_and_the_val_average_is_no_wo
 
     from agesearch.models.inference import load_model
     from agesearch.search.data.study_data import study_dataset
-    from agesearch.search.report.ensemble import pool_size, stored_model
-    from agesearch.search.report.selection import average_objective
+    from agesearch.search.export.ensemble import pool_size, stored_model
+    from agesearch.search.export.selection import average_objective
     from agesearch.search.store.artifacts import download_model, study_store
     from agesearch.search.training.metrics import Baselines, predict_age_gender
 
@@ -468,7 +468,7 @@ def _trial(number: int, value: float, config: str | None, params: dict | None = 
 def test_ensemble_candidates_count_one_configuration_once_keeping_the_better(monkeypatch):
     import optuna
 
-    from agesearch.search.report import ensemble
+    from agesearch.search.export import ensemble
 
     study = optuna.create_study(study_name="dup")
     for value, config in [(1.0, "a"), (0.5, "a"), (2.0, "b"), (0.7, "a"), (0.9, None)]:
@@ -485,7 +485,7 @@ def test_ensemble_candidates_count_one_configuration_once_keeping_the_better(mon
 def test_ensemble_candidate_pool_is_capped_at_the_best_max_2k_10(monkeypatch):
     import optuna
 
-    from agesearch.search.report import ensemble
+    from agesearch.search.export import ensemble
 
     study = optuna.create_study(study_name="many")
     for i in range(25):
@@ -505,8 +505,8 @@ def test_ensemble_candidate_pool_is_capped_at_the_best_max_2k_10(monkeypatch):
     ],
 )
 def test_ensemble_members_from_steps_weigh_or_reseed_a_candidate_picked_twice(refit, expected):
-    from agesearch.search.report.ensemble import Member, members_from_steps
-    from agesearch.search.report.selection import Step
+    from agesearch.search.export.ensemble import Member, members_from_steps
+    from agesearch.search.export.selection import Step
 
     candidates = [Member(_trial(0, 0.5, "a"), "ref-7"), Member(_trial(1, 0.6, "b"), "ref-5"), Member(_trial(2, 0.9, "c"), "ref-9")]
     steps = [Step(0, None, 0.5), Step(1, 0.5, 0.4), Step(0, 0.4, 0.35)]
@@ -517,7 +517,7 @@ def test_ensemble_members_from_steps_weigh_or_reseed_a_candidate_picked_twice(re
 
 
 def test_ensemble_config_key_falls_back_to_params_without_configs():
-    from agesearch.search.report.ensemble import config_key
+    from agesearch.search.export.ensemble import config_key
 
     a, b, c = _trial(0, 1.0, None, {"lr": 1e-3}), _trial(1, 1.0, None, {"lr": 1e-2}), _trial(2, 2.0, None, {"lr": 1e-3})
     assert config_key(a) != config_key(b) and config_key(a) == config_key(c)
@@ -526,7 +526,7 @@ def test_ensemble_config_key_falls_back_to_params_without_configs():
 def test_ensemble_config_key_ignores_the_train_seed():
     from optuna.trial import create_trial
 
-    from agesearch.search.report.ensemble import config_key
+    from agesearch.search.export.ensemble import config_key
 
     def seeded(seed, epochs=2):
         return create_trial(value=1.0, user_attrs={"model_config": {"filters": [8]}, "train_config": {"epochs": epochs, "seed": seed}})
@@ -589,7 +589,7 @@ def test_export_single_trial_at_a_larger_image_size_with_a_given_seed(exported, 
 
 def test_export_ensemble_refit_at_a_larger_image_size_writes_a_bigger_model_that_evaluate_scores(finished, study_args, synthetic_dir, tmp_path, capsys):
     from agesearch.models.inference import load_model
-    from agesearch.search.report.export import recorded_seed
+    from agesearch.search.export.trial import recorded_seed
 
     _, done = _complete_by_value(finished)
     by_number = {t.number: t for t in done}
@@ -629,7 +629,7 @@ def test_export_image_size_a_trial_does_not_fit_is_one_line_exit_2_nothing_writt
 
     from agesearch.models import ModelConfig, TrainConfig
     from agesearch.search.errors import UsageError
-    from agesearch.search.report.ensemble import Member, export_ensemble
+    from agesearch.search.export.ensemble import Member, export_ensemble
 
     url = f"sqlite:///{tmp_path / 'deep.db'}"
     study = optuna.create_study(study_name="deep", storage=url)

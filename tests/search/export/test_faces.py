@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from agesearch.search.errors import UsageError
-from agesearch.search.report import faces
+from agesearch.search.export import faces
 from conftest import run_cli
 
 # In the test extra, so CI runs them; the size rule and the install hint need no OpenCV.

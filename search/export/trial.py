@@ -19,12 +19,12 @@ the card's training entry keeps both, `searched` and `trained` (image size, epoc
 
 `--tta flip` saves the retrained model wrapped with horizontal-flip test-time augmentation
 (models/ensemble.py) and puts the plain and the flipped model side by side in the card;
-`--ensemble K` (search/report/ensemble.py) averages the stored models of the top K trials.
+`--ensemble K` (search/export/ensemble.py) averages the stored models of the top K trials.
 
 `--format onnx|litert|saved_model` writes the model in that format too, beside the `.keras`
-file (search/report/formats.py), for runtimes without agesearch or Keras. Every export writes
+file (search/export/formats.py), for runtimes without agesearch or Keras. Every export writes
 two cards beside the model: the JSON one for machines (`model.json`) and a Markdown one for
-people (`model.md`, search/report/model_card.py: intended use, the data's terms, test metrics
+people (`model.md`, search/export/model_card.py: intended use, the data's terms, test metrics
 per age decade, gender and race with counts, sizes, members).
 """
 
@@ -261,7 +261,7 @@ def export_trial(
             (formats.py); "keras": the .keras file only. UsageError, before anything trains,
             if that format cannot be written here.
     """
-    from agesearch.search.report.formats import check_format
+    from agesearch.search.export.formats import check_format
 
     check_format(format)
     meta, ds, split = study_data_at(study, [trial], image_size, cache_dir=cache_dir)
@@ -297,7 +297,7 @@ def save_model(model, out: Path, ds, split, format: str = "keras") -> tuple[dict
     Raises:
         UsageError: the reloaded .keras file or the exported one differs from `model`.
     """
-    from agesearch.search.report.formats import export_format
+    from agesearch.search.export.formats import export_format
 
     exports = []
     with atomic_path(out) as tmp:
@@ -313,7 +313,7 @@ def save_model(model, out: Path, ds, split, format: str = "keras") -> tuple[dict
 def write_cards(card: dict, out: Path, groups: dict, exports: list[dict]) -> dict:
     """Add the per-group test metrics, the exported formats and the data's terms to `card`, write
     it as `out`.json and the Markdown card as `out`.md; return it."""
-    from agesearch.search.report.model_card import data_terms, write_markdown
+    from agesearch.search.export.model_card import data_terms, write_markdown
 
     card["test_metrics_by_group"] = groups | {"split": "test"}
     card["exports"] = exports

@@ -67,8 +67,8 @@ def export_study(
         UsageError, StorageError: bad options, no such study, nothing to export; one line.
     """
     from agesearch.search.frameworks import import_keras_quietly
-    from agesearch.search.report.export import MODEL_FILE, check_out_path, export_trial, open_study, pick_trial, resized_config
-    from agesearch.search.report.formats import check_format
+    from agesearch.search.export.trial import MODEL_FILE, check_out_path, export_trial, open_study, pick_trial, resized_config
+    from agesearch.search.export.formats import check_format
     from agesearch.search.store.artifacts import models_dir
 
     check_request(trial=trial, ensemble=ensemble, epochs=epochs, image_size=image_size, refit_on_train_val=refit_on_train_val, tta=tta)
@@ -76,7 +76,7 @@ def export_study(
     study, url = open_study(study_name, storage)
     path = check_out_path(Path(out) if out is not None else models_dir(url, study_name) / MODEL_FILE)
     if ensemble is not None:
-        from agesearch.search.report.ensemble import export_ensemble, pick_members
+        from agesearch.search.export.ensemble import export_ensemble, pick_members
 
         # No candidate fails before Keras loads; the selection then scores the candidates on val.
         members = pick_members(study, url, ensemble, refit=refit_on_train_val, spec=artifacts, cache_dir=cache_dir)

@@ -1,11 +1,11 @@
-"""Greedy ensemble selection on val (search/report/selection.py), on hand-made predictions."""
+"""Greedy ensemble selection on val (search/export/selection.py), on hand-made predictions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agesearch.search.report.selection import Step, average_objective, greedy_select
+from agesearch.search.export.selection import Step, average_objective, greedy_select
 from agesearch.search.training.metrics import Baselines
 
 AGES = np.array([20.0, 30.0, 40.0, 50.0])

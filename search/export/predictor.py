@@ -5,7 +5,7 @@ RGB arrays) and returns one row per image in a pandas DataFrame. Files are decod
 exactly as `agesearch predict` does (data/images.py `decode_image`: RGB, bilinear to the
 model's input side); the numbers come from training/metrics.py `predict_age_gender`, the one
 computation behind `export`, `evaluate` and `predict`. With `detect_faces=True`, each photo's faces
-are found, aligned and cropped first (report/faces.py, as `agesearch predict --detect-faces`), one
+are found, aligned and cropped first (export/faces.py, as `agesearch predict --detect-faces`), one
 row per face.
 """
 
@@ -101,7 +101,7 @@ class Predictor:
         of (image, face, x, y, w, h, angle) per crop; one warning names the photos without a face."""
         import pandas as pd
 
-        from agesearch.search.report import faces
+        from agesearch.search.export import faces
 
         faces.import_cv2()
         crops, rows, none, bad = [], [], [], []
@@ -127,7 +127,7 @@ class Predictor:
 
     def _decode(self, files: list) -> np.ndarray:
         from agesearch.search.data.images import decode_image
-        from agesearch.search.report.faces import image_size, looks_like_face_crop, not_a_crop_warning
+        from agesearch.search.export.faces import image_size, looks_like_face_crop, not_a_crop_warning
 
         decoded, bad, not_crops = [], [], []
         for f in files:
@@ -146,7 +146,7 @@ class Predictor:
         return np.stack(decoded) if decoded else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
     def _arrays(self, images) -> np.ndarray:
-        from agesearch.search.report.faces import looks_like_face_crop, not_a_crop_warning, resize_rgb
+        from agesearch.search.export.faces import looks_like_face_crop, not_a_crop_warning, resize_rgb
 
         x = self._check_arrays(images)
         if len(x) and not looks_like_face_crop(x.shape[2], x.shape[1]):
@@ -183,7 +183,7 @@ def load_predictor(path: str | Path) -> Predictor:
         UsageError: no such file, not a .keras file, or not an agesearch model; one line.
     """
     from agesearch.search.frameworks import import_keras_quietly
-    from agesearch.search.report.evaluate import load_inference_model
+    from agesearch.search.export.evaluate import load_inference_model
 
     import_keras_quietly()
     return Predictor(load_inference_model(Path(path)), path)

@@ -97,7 +97,7 @@ def test_export_litert_and_saved_model_are_written_beside_and_checked_against_ke
 
 def test_export_format_choices_are_the_formats_module_ones(capsys):
     from agesearch.search.cli import build_parser
-    from agesearch.search.report.formats import FORMATS
+    from agesearch.search.export.formats import FORMATS
 
     export = build_parser()._subparsers._group_actions[0].choices["export"]
     (action,) = [a for a in export._actions if a.dest == "format"]
@@ -126,7 +126,7 @@ def test_export_onnx_without_tf2onnx_names_the_extra_in_one_line_before_the_stud
 )
 def test_check_format_refuses_what_cannot_be_written(fmt, backend, message):
     from agesearch.search.errors import UsageError
-    from agesearch.search.report.formats import check_format
+    from agesearch.search.export.formats import check_format
 
     with pytest.raises(UsageError, match=f"^{__import__('re').escape(message)}$"):
         check_format(fmt, backend=backend)
@@ -134,7 +134,7 @@ def test_check_format_refuses_what_cannot_be_written(fmt, backend, message):
 
 
 def test_format_paths_sit_beside_the_keras_file():
-    from agesearch.search.report.formats import format_path
+    from agesearch.search.export.formats import format_path
 
     out = Path("/m/best.keras")
     assert [format_path(out, f) for f in ("keras", "onnx", "litert", "saved_model")] == [
@@ -142,7 +142,7 @@ def test_format_paths_sit_beside_the_keras_file():
 
 
 def test_a_saved_model_folder_exported_again_replaces_the_old_one_whole(tmp_path):
-    from agesearch.search.report.formats import _replacing_folder
+    from agesearch.search.export.formats import _replacing_folder
 
     dest = tmp_path / "m_saved_model"
     dest.mkdir()
@@ -162,7 +162,7 @@ def test_an_exported_file_that_computes_other_answers_is_not_left_behind(fmt, tm
     from agesearch.models.builder import build_model
     from agesearch.models.inference import inference_model
     from agesearch.search.errors import UsageError
-    from agesearch.search.report import formats
+    from agesearch.search.export import formats
 
     cfg = ModelConfig(image_size=16, shared_blocks=1, age_blocks=1, gender_blocks=1, filters=(4, 4), age_dense=4, gender_dense=4)
     model = inference_model(build_model(cfg), cfg, 30.0)

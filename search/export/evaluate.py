@@ -62,7 +62,7 @@ def evaluate_folder(model, folder: Path, *, limit: int | None = None, cache_dir:
 
 
 def predict_files(model, paths: list[str], *, detect_faces: bool = False) -> tuple[list[dict], list[str], str | None]:
-    """Age and gender per image file, or per face with `detect_faces` (search/report/faces.py).
+    """Age and gender per image file, or per face with `detect_faces` (search/export/faces.py).
 
     Returns:
         (rows, errors, warning): one row per readable image (image, age in years, gender,
@@ -73,7 +73,7 @@ def predict_files(model, paths: list[str], *, detect_faces: bool = False) -> tup
         face crops (faces.looks_like_face_crop), else None.
     """
     from agesearch.search.data.images import decode_image
-    from agesearch.search.report import faces
+    from agesearch.search.export import faces
 
     size = model_image_size(model)
     images, meta, errors, not_crops = [], [], [], []

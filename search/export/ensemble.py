@@ -162,7 +162,7 @@ def select_members(study, storage_url: str, candidates: list[Member], k: int, *,
     from agesearch.models.inference import load_model
     from agesearch.search.data.images import default_cache_dir
     from agesearch.search.data.study_data import study_dataset
-    from agesearch.search.report.selection import average_objective, greedy_select
+    from agesearch.search.export.selection import average_objective, greedy_select
     from agesearch.search.store.artifacts import download_model, study_store
     from agesearch.search.store.study import META_KEY
     from agesearch.search.training.metrics import Baselines, predict_age_gender
@@ -268,8 +268,8 @@ def export_ensemble(
     """
     from agesearch.models.ensemble import ensemble_model
     from agesearch.models.inference import load_model
-    from agesearch.search.report import export as ex
-    from agesearch.search.report.formats import check_format
+    from agesearch.search.export import trial as ex
+    from agesearch.search.export.formats import check_format
 
     check_format(format)
     if image_size is not None and not refit_on_train_val:
@@ -295,7 +295,7 @@ def _refit_members(study, members, ds, split, tmp: Path, training: dict, *, epoc
                    image_size: int | None = None) -> list[Path]:
     """Retrain each member on train+val (at `image_size`, the size of `ds`) into `tmp`, with
     `seed` or (None) its trial's own; its training record goes to `training`."""
-    from agesearch.search.report.export import recorded_seed, retrain
+    from agesearch.search.export.trial import recorded_seed, retrain
 
     # Each member is trained, saved and dropped before the next one (fit clears Keras' state);
     # all come back from files, as stored members do.
@@ -334,7 +334,7 @@ def _quiet_retracing() -> None:
 
 def _card(study, members, out, meta, split, member_metrics, metrics, reload_diff, tta_flip, refit, training) -> dict:
     """The ensemble's model card: its members, each scored alone, and the ensemble beside the best one."""
-    from agesearch.search.report import export as ex
+    from agesearch.search.export import trial as ex
 
     numbers = [m.trial.number for m in members]
     rows = []
