@@ -60,13 +60,14 @@ def neutral_paths(text: str) -> str:
     return text
 
 
-def add_data_argument(parser) -> None:
-    """`--data`: the image folder (or 'synthetic'); required unless AGESEARCH_DATA names one.
+def add_data_argument(parser, *, required: bool = True) -> None:
+    """`--data`: the image folder (or 'synthetic'); required unless AGESEARCH_DATA names one
+    (or `required` is False: a script that can read its data elsewhere checks it itself).
 
     No default outside the repository: a benchmark measures the data its caller points it at.
     """
     default = os.environ.get("AGESEARCH_DATA")
-    parser.add_argument("--data", default=default, required=default is None,
+    parser.add_argument("--data", default=default, required=required and default is None,
                         help="image folder of UTKFace-named faces, or 'synthetic' (default: $AGESEARCH_DATA)")
 
 

@@ -8,8 +8,16 @@ replays the same parameters at the LARGE size (Optuna's FixedTrial), trains each
 both sizes on the same split, and records both val objectives, the Spearman rank correlation
 (pandas' rank-then-Pearson) and the time per config at each size.
 
+With --storage URL (a finished study), the configs are instead that study's top --configs trials
+(presets included, as `ranked` orders them): their small-size values are the study's own (the
+size and epochs they were searched at), and each is trained again at --large on the study's own
+images and split, with its own seed and epochs (`export`'s `retrain`, val early stopping as in the
+search). That answers the question export --image-size asks: does the searched ranking hold at
+the size the winners are trained at?
+
 Usage: python benchmarks/rung_image_size.py [--space cnn] [--small 16] [--large 32] [--configs 10]
        [--epochs 3] --data DIR [--limit N]
+       python benchmarks/rung_image_size.py --storage sqlite:///W/search/NAME.db [--study NAME] --large 64 --configs 8
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from _record import add_data_argument, record  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_argument(p)
+    add_data_argument(p, required=False)  # --storage: the study names its data
     p.add_argument("--space", default="cnn")
     p.add_argument("--small", type=int, default=16)
     p.add_argument("--large", type=int, default=32)
@@ -34,9 +42,15 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage", help="a finished study's storage URL: rank its top --configs trials instead of random draws")
+    p.add_argument("--study", help="the study's name (default: the only study in --storage)")
     p.add_argument("--out")
     args = p.parse_args()
+    if not args.data and not args.storage:
+        p.error("--data DIR (or $AGESEARCH_DATA) or --storage URL is required")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.storage:
+        return from_study(args)
 
     import dataclasses
 
@@ -93,6 +107,40 @@ def main() -> None:
     table = [f"| config | objective {args.small} px | objective {args.large} px |", "|---|---|---|"]
     table += [f"| {i} | {obj.loc[i, args.small]:.4f} | {obj.loc[i, args.large]:.4f} |" for i in obj.index]
     record(f"Image size as a first rung: rank correlation {args.small} vs {args.large} px", lines, out=args.out, table=table)
+
+
+def from_study(args) -> None:
+    """The study's top configs: their searched values against a retraining at --large."""
+    import optuna
+    import pandas as pd
+
+    from agesearch.search.export.trial import retrain, study_data_at
+    from agesearch.search.store.study import ranked
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=args.study, storage=args.storage)
+    top = ranked(study)[: args.configs]
+    small = int(top[0].user_attrs["model_config"]["image_size"])
+    _, ds, split = study_data_at(study, top, args.large)
+    rows = []
+    for t in top:
+        start = time.perf_counter()
+        value = retrain(study, t, ds, split, image_size=args.large).result.objective
+        rows.append({"trial": t.number, "preset": t.user_attrs.get("preset", ""), "small": t.value, "large": value, "seconds": time.perf_counter() - start})
+        print(f"trial {t.number}: {small} px {t.value:.4f}, {args.large} px {value:.4f} in {rows[-1]['seconds']:.0f} s", flush=True)
+    df = pd.DataFrame(rows).set_index("trial")
+    rho = df["small"].rank().corr(df["large"].rank())
+    third = max(1, len(df) // 3)
+    held = len(set(df["small"].nsmallest(third).index) & set(df["large"].nsmallest(third).index))
+    lines = [
+        f"study {study.study_name}: its top {len(df)} trials (searched at {small} px), each trained again at {args.large} px on the study's split, own seed and epochs",
+        f"Spearman rank correlation of the val objectives, {small} (searched) vs {args.large} px: **{rho:.2f}**",
+        f"the best third at {small} px holds {held} of the best third at {args.large} px ({third}); best at {small} px: trial {df['small'].idxmin()}, at {args.large} px: trial {df['large'].idxmin()}",
+        f"time at {args.large} px: {df['seconds'].sum():.0f} s",
+    ]
+    table = [f"| trial | preset | objective {small} px (searched) | objective {args.large} px |", "|---|---|---|---|"]
+    table += [f"| {i} | {r.preset} | {r.small:.4f} | {r.large:.4f} |" for i, r in df.iterrows()]
+    record(f"Does the searched ranking hold at {args.large} px? Top {len(df)} trials of {study.study_name}", lines, out=args.out, table=table)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,16 @@ def phase_writeup_b(args, work: Path, search: dict) -> dict:
     data = TrainingData.from_split(ds, fit_split)
     model_cfg, train_cfg = get_preset(WRITEUP_B).configs(args.target_size)
     epochs = args.writeup_b_epochs or train_cfg.epochs
-    runs = []
+    record_file = work / "writeup-b.json"
+    # Each seed is written as it ends (about 30 minutes each): a stopped invocation keeps its finished
+    # seeds, and the next one trains only the seeds still missing.
+    done = json.loads(record_file.read_text()) if record_file.exists() else {}
+    same = done.get("image_size") == args.target_size and all(r.get("epochs") == epochs for r in done.get("runs", []))
+    runs = [r for r in done.get("runs", []) if r["seed"] < args.seeds] if same else []
     for seed in range(args.seeds):
+        if any(r["seed"] == seed for r in runs):
+            print(f"write-up B at {args.target_size} px, seed {seed}: read back from {record_file.name}", flush=True)
+            continue
         cfg = dataclasses.replace(train_cfg, epochs=epochs, patience=epochs)
         if any(f.name == "seed" for f in dataclasses.fields(cfg)):
             cfg = dataclasses.replace(cfg, seed=seed)
@@ -132,9 +140,9 @@ def phase_writeup_b(args, work: Path, search: dict) -> dict:
         model = inference_model(result.model, model_cfg, data.baselines.age_scale)
         runs.append({"seed": seed, "seconds": time.perf_counter() - start, "epochs": epochs, "test": score_on_test(model, ds, split)})
         print(f"  test age MAE {runs[-1]['test']['age_mae']:.2f} y, gender accuracy {runs[-1]['test']['gender_accuracy']:.3f}", flush=True)
-    doc = {"preset": WRITEUP_B, "image_size": args.target_size, "runs": runs}
-    (work / "writeup-b.json").write_text(json.dumps(doc, indent=1, default=str))
-    return doc
+        doc = {"preset": WRITEUP_B, "image_size": args.target_size, "runs": sorted(runs, key=lambda r: r["seed"])}
+        record_file.write_text(json.dumps(doc, indent=1, default=str))
+    return {"preset": WRITEUP_B, "image_size": args.target_size, "runs": sorted(runs, key=lambda r: r["seed"])}
 
 
 def phase_report(args, work: Path, search: dict, ens: dict, wb: dict | None) -> None:

@@ -30,15 +30,16 @@ class Blocked:  # as a machine without the frameworks and the optional packages
 
 sys.meta_path.insert(0, Blocked())
 script = sys.argv[1]
-sys.argv = [script, "--help"]
+sys.argv = [script, *(sys.argv[2:] or ["--help"])]
 sys.path[0] = __import__("os").path.dirname(script)
 runpy.run_path(script, run_name="__main__")
 """
 
 
-def _help(script: Path) -> subprocess.CompletedProcess:
+def _help(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python SCRIPT --help` (or SCRIPT ARGS when given) in the blocked interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "AGESEARCH_DATA"}
-    return subprocess.run([sys.executable, "-c", RUNNER, str(script)], cwd=BENCHMARKS.parent, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", RUNNER, str(script), *args], cwd=BENCHMARKS.parent, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _purpose(script: Path) -> str:
@@ -62,4 +63,6 @@ def test_benchmark_help_says_what_it_measures(script):
     words = " ".join(done.stdout.split())  # argparse re-wraps the description
     assert _purpose(script) in words, f"{script.name} --help does not state its purpose:\n{done.stdout[:1000]}"
     usage = " ".join(done.stdout.split("\n\n")[0].split())
-    assert "[--data" not in usage, f"{script.name}: --data has a default:\n{usage}"
+    if "[--data" in usage:  # optional in the usage line (another option can name the data): still no default
+        bare = _help(script, "--out", os.devnull)
+        assert bare.returncode == 2 and "--data" in bare.stderr, f"{script.name}: runs without --data:\n{bare.stderr[-1000:]}"
