@@ -140,8 +140,11 @@ def phase_writeup_b(args, work: Path, search: dict) -> dict:
         model = inference_model(result.model, model_cfg, data.baselines.age_scale)
         runs.append({"seed": seed, "seconds": time.perf_counter() - start, "epochs": epochs, "test": score_on_test(model, ds, split)})
         print(f"  test age MAE {runs[-1]['test']['age_mae']:.2f} y, gender accuracy {runs[-1]['test']['gender_accuracy']:.3f}", flush=True)
-        doc = {"preset": WRITEUP_B, "image_size": args.target_size, "runs": sorted(runs, key=lambda r: r["seed"])}
-        record_file.write_text(json.dumps(doc, indent=1, default=str))
+        record_file.write_text(json.dumps(writeup_b_record(args, runs), indent=1, default=str))
+    return writeup_b_record(args, runs)
+
+
+def writeup_b_record(args, runs: list[dict]) -> dict:
     return {"preset": WRITEUP_B, "image_size": args.target_size, "runs": sorted(runs, key=lambda r: r["seed"])}
 
 
