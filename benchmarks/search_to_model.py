@@ -81,6 +81,13 @@ def phase_ensemble(args, work: Path, search: dict, extra: list[str]) -> dict:
     for seed in range(args.seeds):
         out = work / "ensemble" / f"seed{seed}.keras"
         out.parent.mkdir(parents=True, exist_ok=True)
+        # A seed's ensemble (up to half an hour at 64 px) is kept when its card matches this run: a
+        # stopped invocation loses only the seed it was training.
+        kept = read_back_ensemble(out, args, seed)
+        if kept:
+            print(f"ensemble at {args.target_size} px, seed {seed}: read back from {out.name}", flush=True)
+            runs.append(kept)
+            continue
         cmd = [*agesearch_exe(), "export", "--study", name, "--storage", url, "--ensemble", str(args.ensemble), "--refit-on-train-val",
                "--image-size", str(args.target_size), "--tta", "flip", "--seed", str(seed), "--out", str(out)]
         if args.target_epochs:
@@ -93,9 +100,21 @@ def phase_ensemble(args, work: Path, search: dict, extra: list[str]) -> dict:
         if p.returncode:
             raise SystemExit(f"export --ensemble failed (seed {seed}): {(p.stderr.strip().splitlines() or ['?'])[-1]}")
         runs.append({"seed": seed, "seconds": time.perf_counter() - start, "card": json.loads(out.with_suffix(".json").read_text())})
+        out.with_suffix(".run.json").write_text(json.dumps({"seconds": runs[-1]["seconds"], "ensemble": args.ensemble, "target_epochs": args.target_epochs}))
     doc = {"runs": runs}
     (work / "ensemble.json").write_text(json.dumps(doc, indent=1, default=str))
     return doc
+
+
+def read_back_ensemble(out: Path, args, seed: int) -> dict | None:
+    """The finished seed at `out` when it was trained with this invocation's size, K and epochs."""
+    run_file, card_file = out.with_suffix(".run.json"), out.with_suffix(".json")
+    if not (run_file.exists() and card_file.exists() and out.exists()):
+        return None
+    run, card = json.loads(run_file.read_text()), json.loads(card_file.read_text())
+    if (run["ensemble"], run["target_epochs"], card["input"]["image_size"]) != (args.ensemble, args.target_epochs, args.target_size):
+        return None
+    return {"seed": seed, "seconds": run["seconds"], "card": card}
 
 
 def phase_writeup_b(args, work: Path, search: dict) -> dict:
