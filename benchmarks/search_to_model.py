@@ -8,8 +8,10 @@ The whole path of issue 22, on the data given by --data, in phases (each its own
              train+val at that size with seeds 0..N-1 (`agesearch export --trial N
              --refit-on-train-val --seed S`).
   ensemble   `agesearch export --ensemble K --refit-on-train-val --image-size TARGET --tta flip
-             --seed S` of that study, for each seed: members chosen by greedy selection on val,
-             each retrained on train+val at the target size.
+             --epochs E --seed S` of that study, for each seed: members chosen by greedy selection
+             on val, each retrained on train+val at the target size for --target-epochs (24; the
+             trials' own 7-9 epochs at 64 px gave 6.56 y where 24 gave 5.91 y, RESULTS.md). A seed
+             already trained with the same size, K and epochs is read back, not trained again.
   writeup-b  write-up B (preset deep-age-branch) at the target size on its own recipe (its epochs),
              refit on train+val, each seed; trained here with agesearch's own fit, on the study's
              split. About 30 minutes a seed on 2 CPU cores at 64 px: run it in its own invocation.
@@ -24,7 +26,7 @@ Usage:
   python benchmarks/search_to_model.py --data DIR --workdir W --phase writeup-b   # the baseline, once
   python benchmarks/search_to_model.py --data DIR --workdir W                     # search, ensemble, report
 Smoke: python benchmarks/search_to_model.py --data synthetic --workdir /tmp/s2m --epochs 2 --budget-units 3 \\
-  --search-size 32 --target-size 48 --seeds 2 --writeup-b-epochs 1 --out /tmp/s2m.md -- --synthetic-count 300
+  --search-size 32 --target-size 48 --target-epochs 2 --seeds 2 --writeup-b-epochs 1 --out /tmp/s2m.md -- --synthetic-count 300
 """
 
 from __future__ import annotations
@@ -190,12 +192,13 @@ def phase_report(args, work: Path, search: dict, ens: dict, wb: dict | None) -> 
     refit_s = sum(r["seconds"] for runs in search.get("exports", {}).values() for r in runs)
     ens_s = [r["seconds"] for r in ens["runs"]]
     path_s = search_s + statistics.mean(ens_s)
+    member_epochs = "/".join(sorted({str(m["training"]["trained"]["epochs"]) for r in ens["runs"] for m in r["card"]["members"]}, key=int))
     lines = [
         f"search: cnn at {args.search_size} px, {args.epochs} epochs, {args.budget_units:g} U (U = {search['u_s']:.0f} s), presets included: "
         f"{search_s:.0f} s; best preset #{search['best_preset']['number']} ({search['best_preset']['preset']}) val objective {search['best_preset']['value']:.4f}, "
         + (f"best searched #{search['best_searched']['number']} {search['best_searched']['value']:.4f}" if search.get("best_searched") else "no searched trial"),
         f"the 32 px refits of the best preset and the best searched trial ({args.seeds} seeds each): {refit_s:.0f} s (baselines: outside the path)",
-        f"ensemble at {args.target_size} px, each seed: {', '.join(f'{s:.0f} s' for s in ens_s)}; members (seed 0): "
+        f"ensemble at {args.target_size} px ({member_epochs} epochs a member), each seed: {', '.join(f'{s:.0f} s' for s in ens_s)}; members (seed 0): "
         + "; ".join(f"trial {m['trial']}" + (f" ({m['preset']})" if m.get("preset") else "") for m in ens["runs"][0]["card"]["members"]),
         f"**agesearch's path (search + one ensemble training): {path_s:.0f} s = {path_s / 3600:.2f} h** (target <= 2 h: {'met' if path_s <= TARGETS['path_s'] else 'NOT met'})",
     ]
@@ -241,7 +244,8 @@ def main() -> None:
     p.add_argument("--search-size", type=int, default=32)
     p.add_argument("--target-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=9, help="epochs of the search's trials")
-    p.add_argument("--target-epochs", type=int, help="epochs of each ensemble member at the target size (default: its trial's best epoch + 1)")
+    p.add_argument("--target-epochs", type=int, default=24,
+                   help="epochs of each ensemble member at the target size (default: 24; 0: its trial's best epoch + 1)")
     p.add_argument("--budget-units", type=float, default=10.0)
     p.add_argument("--ensemble", type=int, default=5, help="at most this many members")
     p.add_argument("--seeds", type=int, default=3)
