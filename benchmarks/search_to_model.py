@@ -102,7 +102,8 @@ def phase_ensemble(args, work: Path, search: dict, extra: list[str]) -> dict:
         if p.returncode:
             raise SystemExit(f"export --ensemble failed (seed {seed}): {(p.stderr.strip().splitlines() or ['?'])[-1]}")
         runs.append({"seed": seed, "seconds": time.perf_counter() - start, "card": json.loads(out.with_suffix(".json").read_text())})
-        out.with_suffix(".run.json").write_text(json.dumps({"seconds": runs[-1]["seconds"], "ensemble": args.ensemble, "target_epochs": args.target_epochs}))
+        # The card records the size and K (`ensemble.selection.k`); this file adds only what it cannot.
+        out.with_suffix(".run.json").write_text(json.dumps({"seconds": runs[-1]["seconds"], "target_epochs": args.target_epochs}))
     doc = {"runs": runs}
     (work / "ensemble.json").write_text(json.dumps(doc, indent=1, default=str))
     return doc
@@ -114,7 +115,8 @@ def read_back_ensemble(out: Path, args, seed: int) -> dict | None:
     if not (run_file.exists() and card_file.exists() and out.exists()):
         return None
     run, card = json.loads(run_file.read_text()), json.loads(card_file.read_text())
-    if (run["ensemble"], run["target_epochs"], card["input"]["image_size"]) != (args.ensemble, args.target_epochs, args.target_size):
+    k = (card.get("ensemble", {}).get("selection") or {}).get("k")
+    if (k, run["target_epochs"], card["input"]["image_size"]) != (args.ensemble, args.target_epochs, args.target_size):
         return None
     return {"seed": seed, "seconds": run["seconds"], "card": card}
 
@@ -247,7 +249,7 @@ def main() -> None:
     p.add_argument("--target-epochs", type=int, default=24,
                    help="epochs of each ensemble member at the target size (default: 24; 0: its trial's best epoch + 1)")
     p.add_argument("--budget-units", type=float, default=10.0)
-    p.add_argument("--ensemble", type=int, default=5, help="at most this many members")
+    p.add_argument("--ensemble", type=int, default=3, help="at most this many members (default 3, the size every recorded run used)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--writeup-b-epochs", type=int, help="write-up B's epochs (default: its recipe's)")
     p.add_argument("--out", help="append the record here instead of benchmarks/RESULTS.md")
