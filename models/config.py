@@ -240,6 +240,7 @@ class TrainConfig:
     freeze_epochs: int = 0  # with a backbone: epochs with it frozen before fine-tuning it
     finetune_lr_factor: float = 0.1  # learning rate multiplier once the backbone is unfrozen
     seed: int | None = None  # Keras' global seed (weights, shuffling, augmentation, dropout); None = unseeded
+    ema_momentum: float = 0.0  # > 0: validate, keep and export the weights' moving average (Keras' optimizer `use_ema`); 0 = off
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -268,6 +269,8 @@ class TrainConfig:
             raise _invalid("freeze_epochs", "must be >= 0", self.freeze_epochs)
         if not 0 < self.finetune_lr_factor <= 1:
             raise _invalid("finetune_lr_factor", "must be in (0, 1]", self.finetune_lr_factor)
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise _invalid("ema_momentum", "must be in [0, 1) (0 = off)", self.ema_momentum)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32):
             raise _invalid("seed", "must be an integer in [0, 2**32) or None", self.seed)
 

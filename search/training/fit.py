@@ -133,13 +133,16 @@ def make_optimizer(cfg: TrainConfig, learning_rate: float | None = None, *, deca
     lr = cfg.learning_rate if learning_rate is None else learning_rate
     if cfg.lr_schedule == "cosine" and decay_steps:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps)
+    # Weight averaging is Keras' own (Polyak averaging in the optimizer); `_callbacks` swaps the
+    # average in for validation and for what the fit keeps.
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema_momentum > 0 else {}
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **ema)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr)
+        return keras.optimizers.AdamW(lr, **ema)
     if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr)
-    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+        return keras.optimizers.RMSprop(lr, **ema)
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema)
 
 
 def augmentation_layers(cfg: TrainConfig) -> list[keras.layers.Layer]:
@@ -330,8 +333,15 @@ def fit(
 
 def _callbacks(train_cfg: TrainConfig, report: EpochReport, early_stopping: bool, tensorboard: str | None = None) -> list[keras.callbacks.Callback]:
     """EpochReport first: it writes `val_objective` into the logs that the others read; a prune is
-    raised last (PruneAtEpochEnd), after TensorBoard wrote the epoch."""
+    raised last (PruneAtEpochEnd), after TensorBoard wrote the epoch.
+
+    With `ema_momentum`, Keras' SwapEMAWeights comes before all of them: val is scored on the
+    moving average, and (`swap_on_epoch`) the average is in the model at each epoch's end, so
+    EarlyStopping keeps the best epoch's average and a fit that runs to its last epoch ends on it.
+    """
     callbacks: list[keras.callbacks.Callback] = [report]
+    if train_cfg.ema_momentum > 0:
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if tensorboard is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard))
     if train_cfg.lr_schedule == "plateau":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -55,6 +56,7 @@ def test_combined_objective_is_share_of_trivial_error_left():
         (dict(seed=-1), r"Invalid value for `seed`: must be an integer in \[0, 2\*\*32\) or None. Received: seed=-1"),
         (dict(seed=2**32), r"Invalid value for `seed`: must be an integer in \[0, 2\*\*32\) or None. Received: seed=4294967296"),
         (dict(seed=1.5), r"Invalid value for `seed`: must be an integer in \[0, 2\*\*32\) or None. Received: seed=1.5"),
+        (dict(ema_momentum=1.0), r"Invalid value for `ema_momentum`: must be in \[0, 1\) \(0 = off\). Received: ema_momentum=1.0"),
     ],
 )
 def test_train_config_rejects_invalid(kwargs, message):
@@ -88,6 +90,26 @@ def test_trial_seed_goes_into_train_config_and_same_seed_trains_the_same_val_obj
     assert a.state == b.state == other.state == TrialState.COMPLETE
     assert a.values == b.values
     assert other.values != a.values
+
+
+def _val_age_mae_of(core, model_cfg, data) -> float:
+    """The val age MAE (years) of the weights a fit kept, predicted outside the fit."""
+    scale = model_cfg.age_target_scale(data.baselines.age_scale)
+    pred = np.asarray(core.predict(data.x_val, verbose=0)["age"], dtype=float).reshape(-1) * scale
+    return float(np.mean(np.abs(pred - data.age_val)))
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_ema_weights_are_the_ones_scored_on_val_and_kept(small_data, early_stopping):
+    """With `ema_momentum`, val is scored on the weights' moving average, and the model a fit
+    returns holds the average of the epoch it reports: the best one (EarlyStopping restores it),
+    or the last one (a refit without early stopping). Raw weights there would score differently."""
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=0, ema_momentum=0.9, patience=1)
+    result = fit(TINY, cfg, small_data, keep_model=True, early_stopping=early_stopping)
+    epoch = result.best_epoch if early_stopping else result.epochs_run - 1
+    assert _val_age_mae_of(result.model, TINY, small_data) == pytest.approx(result.history["val_age_mae"][epoch], rel=1e-4)
+    plain = fit(TINY, dataclasses.replace(cfg, ema_momentum=0.0), small_data, early_stopping=early_stopping)
+    assert plain.history["val_age_mae"] != result.history["val_age_mae"]  # the average, not the raw weights, was scored
 
 
 def test_synthetic_set_is_learnable_by_a_tiny_cnn(data):
