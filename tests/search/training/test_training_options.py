@@ -65,7 +65,8 @@ def test_patience_defaults_to_a_third_of_the_epochs():
 
 def test_plateau_schedule_halves_the_learning_rate_on_a_plateau(data):
     # A learning rate far too small to move anything: the objective plateaus from epoch 1.
-    r = fit(TINY, TrainConfig(epochs=5, learning_rate=1e-9, lr_schedule="plateau", patience=10), data)
+    # Seeded: unseeded, it failed 3 of 6 runs on one machine (no plateau seen within 5 epochs).
+    r = fit(TINY, TrainConfig(epochs=5, learning_rate=1e-9, lr_schedule="plateau", patience=10, seed=0), data)
     lrs = r.history["learning_rate"]
     assert lrs[0] == pytest.approx(1e-9) and lrs[-1] == pytest.approx(0.5e-9)
 
