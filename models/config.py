@@ -271,6 +271,10 @@ class TrainConfig:
             raise _invalid("finetune_lr_factor", "must be in (0, 1]", self.finetune_lr_factor)
         if not 0.0 <= self.ema_momentum < 1.0:
             raise _invalid("ema_momentum", "must be in [0, 1) (0 = off)", self.ema_momentum)
+        if self.ema_momentum > 0 and self.freeze_epochs > 0:
+            # The fine-tuning fit compiles a new optimizer, whose average would be swapped in
+            # before it holds anything (Keras' SwapEMAWeights keeps its state across fits).
+            raise _invalid("ema_momentum", "cannot be used with freeze_epochs > 0", self.ema_momentum)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32):
             raise _invalid("seed", "must be an integer in [0, 2**32) or None", self.seed)
 

@@ -57,6 +57,7 @@ def test_combined_objective_is_share_of_trivial_error_left():
         (dict(seed=2**32), r"Invalid value for `seed`: must be an integer in \[0, 2\*\*32\) or None. Received: seed=4294967296"),
         (dict(seed=1.5), r"Invalid value for `seed`: must be an integer in \[0, 2\*\*32\) or None. Received: seed=1.5"),
         (dict(ema_momentum=1.0), r"Invalid value for `ema_momentum`: must be in \[0, 1\) \(0 = off\). Received: ema_momentum=1.0"),
+        (dict(ema_momentum=0.99, freeze_epochs=2), r"Invalid value for `ema_momentum`: cannot be used with freeze_epochs > 0. Received: ema_momentum=0.99"),
     ],
 )
 def test_train_config_rejects_invalid(kwargs, message):
